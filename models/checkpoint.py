@@ -1,0 +1,60 @@
+"""The on-disk model format shared by training, export and the eager runtime.
+
+A model folder holds `model.safetensors` (weights only, safe to load from untrusted
+places) and `detector.json` (the DetectorConfig). Training adds `train_state.pt`
+beside them; a run folder holds `best/` and `last/` model folders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from models.atomic import resolve_dir
+from models.config import DetectorConfig
+from models.network import build_network
+
+WEIGHTS = "model.safetensors"
+CONFIG = "detector.json"
+
+
+def save_model_dir(folder: Path, model: torch.nn.Module, cfg: DetectorConfig) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS))
+    cfg.save(folder / CONFIG)
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """A model folder, given it or a run folder (prefers `best/`, then `last/`)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist")
+    if (path / CONFIG).is_file():
+        return path
+    for name in ("best", "last"):
+        found = resolve_dir(path / name)
+        if found is not None and (found / CONFIG).is_file():
+            return found
+    raise FileNotFoundError(f"{path} holds no model: expected {CONFIG} + {WEIGHTS}, or a run folder with best/ or last/")
+
+
+def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, DetectorConfig]:
+    folder = find_model_dir(path)
+    cfg = DetectorConfig.load(folder / CONFIG)
+    model = build_network(cfg)
+    try:
+        state = load_file(str(folder / WEIGHTS))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{folder / WEIGHTS} is missing") from None
+    except Exception as e:  # safetensors raises its own error types for torn files
+        raise ValueError(f"{folder / WEIGHTS} is corrupt or truncated: {e}") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{folder / WEIGHTS} does not match {cfg.arch} {cfg.model_kwargs}: "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+    return model.eval(), cfg

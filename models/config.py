@@ -1,0 +1,95 @@
+"""The detector's configuration: one frozen dataclass, saved beside every checkpoint and export.
+
+Everything a later stage needs to reproduce the model's view of an image (architecture,
+input size, crop policy, normalisation) and to turn a logit into a verdict (temperature,
+threshold) lives here, so the service and scorer never guess.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Crop modes. "crop" keeps native resolution (centre crop, pad when smaller): resizing
+# smooths away the high-frequency generator fingerprints detectors rely on.
+CROP_MODES = ("crop", "resize")
+# Evaluation views. "center" scores one crop; "tiles" averages logits over a grid of
+# native-resolution crops covering the image (large images keep their artifacts).
+VIEW_MODES = ("center", "tiles")
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    img_size: int = 224
+    crop_mode: str = "crop"
+    views: str = "center"
+    max_tiles: int = 9
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if self.crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode={self.crop_mode!r} is not one of {CROP_MODES}")
+        if self.views not in VIEW_MODES:
+            raise ValueError(f"views={self.views!r} is not one of {VIEW_MODES}")
+        if self.img_size < 8:
+            raise ValueError(f"img_size={self.img_size} is too small (need >= 8)")
+        if self.max_tiles < 1:
+            raise ValueError(f"max_tiles={self.max_tiles} must be >= 1")
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """A real-vs-synthetic detector: a timm backbone with one logit (positive = synthetic)."""
+
+    arch: str = "vit_small_patch16_224"
+    # Extra timm create_model kwargs (e.g. depth/embed_dim for tiny test models).
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    # Calibration, fitted on validation data (training/calibrate.py).
+    temperature: float = 1.0
+    threshold: float = 0.5
+    target_fpr: float = 0.05
+    name: str = "fakelens-detector"
+    version: str = ""
+    # Facts recorded at training time: validation metrics, data fingerprint, ...
+    metrics: dict[str, Any] = field(default_factory=dict)
+    data_fingerprint: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
+        d = dict(d)
+        pre = d.pop("preprocess", {}) or {}
+        for key in ("mean", "std"):
+            if key in pre:
+                pre[key] = tuple(pre[key])
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown detector config keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(preprocess=PreprocessConfig(**pre), **d)
+
+    def save(self, path: str | Path) -> None:
+        from models.atomic import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: str | Path) -> DetectorConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"detector config {path} is missing") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"detector config {path} is not valid JSON: {e}") from None
+        return cls.from_dict(data)

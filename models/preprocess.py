@@ -1,0 +1,200 @@
+"""The one preprocessing definition: decode, orient, convert, crop/pad/tile, normalise.
+
+Training (which adds augmentation before `crop_or_pad`), `fakelens evaluate`, the HTTP
+service and the batch scorer all call these functions, so there is no train/serve skew.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from models.config import PreprocessConfig
+
+# Formats we decode. Anything else (SVG, HTML, PDF, archives, ...) is refused up front
+# rather than handed to a plugin that was never meant to see untrusted uploads.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")  # MPO opens through JPEG
+# Well below Pillow's own bomb limit (~179 MP): a 40 MP RGB image is already 120 MB raw.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """An input that cannot be scored. `kind` is one of KINDS; the message says what to do."""
+
+    KINDS = ("empty", "not_image", "unsupported_format", "truncated", "too_many_pixels")
+
+    def __init__(self, kind: str, message: str):
+        assert kind in self.KINDS, kind
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    format: str
+    width: int
+    height: int
+    mode: str
+    frames: int  # >1 for animated or multi-page files; only the first frame is scored
+
+
+def _open(data: bytes) -> Image.Image:
+    if not data:
+        raise ImageError("empty", "the upload is empty (0 bytes); send the image file's bytes")
+    try:
+        return Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    except UnidentifiedImageError:
+        head = data[:64].lstrip().lower()
+        hint = ""
+        if head.startswith((b"<svg", b"<?xml", b"<!doctype", b"<html")):
+            hint = " (it looks like SVG/HTML text; rasterise it to PNG first)"
+        elif head.startswith((b"pk\x03\x04", b"\x1f\x8b", b"7z", b"rar!")):
+            hint = " (it looks like an archive; send the images inside it)"
+        raise ImageError(
+            "not_image",
+            f"the bytes are not a supported image{hint}; supported formats: {', '.join(ALLOWED_FORMATS)}",
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_many_pixels", f"image refused as a decompression bomb: {e}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any decoded mode to 8-bit RGB (16-bit scaled, alpha and palette flattened)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit data: scale the full 0..65535 range; Pillow's own convert would clip at 255.
+        arr = np.clip(arr / 257.0, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode in ("P", "PA", "LA", "RGBA", "La", "RGBa"):
+        img = img.convert("RGBA")
+    return img.convert("RGB")
+
+
+def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageFacts]:
+    """Decode bytes or a file into an RGB image (EXIF-oriented, first frame) plus facts about it."""
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    img = _open(data)
+    fmt = img.format or "unknown"
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(
+            "too_many_pixels",
+            f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}; "
+            "downscale it or raise the limit",
+        )
+    frames = int(getattr(img, "n_frames", 1) or 1)
+    try:
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        rgb = _to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise ImageError("too_many_pixels", f"image refused as a decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(
+            "truncated", f"the {fmt} data is truncated or corrupt ({e}); re-export or re-upload the file"
+        ) from None
+    facts = ImageFacts(format=fmt, width=width, height=height, mode=img.mode, frames=frames)
+    return rgb, facts
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    scale = size / min(w, h)
+    if scale == 1:
+        return img
+    new = (max(size, round(w * scale)), max(size, round(h * scale)))
+    return img.resize(new, Image.Resampling.BICUBIC, reducing_gap=None)
+
+
+def to_array(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.uint8)
+
+
+def crop_or_pad(arr: np.ndarray, size: int, top: int | None = None, left: int | None = None) -> np.ndarray:
+    """Crop an HxWx3 uint8 array to size x size at (top, left) (centre by default).
+
+    Sides shorter than `size` are padded symmetrically; the pad value is marked with -1 by
+    returning a float array where normalisation maps it to 0 (the dataset mean).
+    """
+    h, w = arr.shape[:2]
+    top = (h - size) // 2 if top is None else top
+    left = (w - size) // 2 if left is None else left
+    top, left = max(top, 0), max(left, 0)
+    out = arr[top : top + size, left : left + size]
+    ph, pw = size - out.shape[0], size - out.shape[1]
+    if ph or pw:
+        padded = np.full((size, size, 3), -1, dtype=np.int16)
+        oy, ox = ph // 2, pw // 2
+        padded[oy : oy + out.shape[0], ox : ox + out.shape[1]] = out
+        return padded
+    return out
+
+
+def normalize(arr: np.ndarray, pre: PreprocessConfig) -> np.ndarray:
+    """HxWx3 uint8 (or int16 with -1 = padding) -> 3xHxW float32, normalised; padding -> 0."""
+    x = arr.astype(np.float32) / 255.0
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    y = (x - mean) / std
+    if arr.dtype == np.int16:
+        y[arr[..., 0] < 0] = 0.0
+    return np.ascontiguousarray(y.transpose(2, 0, 1))
+
+
+def tile_origins(length: int, size: int, max_count: int) -> list[int]:
+    """Evenly spaced crop origins along one axis, covering it when max_count allows."""
+    if length <= size:
+        return [(length - size) // 2]
+    count = min(math.ceil(length / size), max_count)
+    if count == 1:
+        return [(length - size) // 2]
+    return [round(i * (length - size) / (count - 1)) for i in range(count)]
+
+
+def eval_views(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
+    """The model's view(s) of one decoded RGB image: V x 3 x S x S float32."""
+    if pre.crop_mode == "resize":
+        img = resize_shorter(img, pre.img_size)
+    arr = to_array(img)
+    s = pre.img_size
+    if pre.views == "center":
+        return normalize(crop_or_pad(arr, s), pre)[None]
+    per_axis = max(1, math.isqrt(pre.max_tiles))
+    tops = tile_origins(arr.shape[0], s, per_axis)
+    lefts = tile_origins(arr.shape[1], s, per_axis)
+    return np.stack([normalize(crop_or_pad(arr, s, t, x), pre) for t in tops for x in lefts])
+
+
+def batch_views(images: list[Image.Image], pre: PreprocessConfig) -> tuple[torch.Tensor, list[int]]:
+    """Stack every image's views into one batch; counts[i] is how many views image i has."""
+    views = [eval_views(img, pre) for img in images]
+    counts = [v.shape[0] for v in views]
+    return torch.from_numpy(np.concatenate(views)), counts
+
+
+def average_views(view_logits: np.ndarray, counts: list[int]) -> np.ndarray:
+    """Per-image logit = mean over that image's views."""
+    out = np.empty(len(counts), dtype=np.float64)
+    start = 0
+    for i, n in enumerate(counts):
+        out[i] = float(np.mean(view_logits[start : start + n]))
+        start += n
+    return out
+
+
+def calibrated_probability(logits: np.ndarray, temperature: float) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    return 1.0 / (1.0 + np.exp(-z))

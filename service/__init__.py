@@ -1,0 +1,1 @@
+"""fakelens.service: the BentoML HTTP service, offline batch scoring, and the `fakelens` CLI."""

@@ -1,0 +1,42 @@
+"""The `fakelens` command line: one entry point, one subcommand module per package.
+
+Each module listed in SUBCOMMAND_MODULES exposes `register(subparsers)`, adding its
+subcommands with `set_defaults(run=callable)`; the callable receives the parsed
+namespace, turns it into typed arguments/config and does the work. Modules are
+imported lazily so `fakelens score` never pays for importing training code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMAND_MODULES = ("training.cli", "models.cli", "service.serve_cli", "service.score_cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fakelens", description="Detect AI-generated and manipulated images.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"fakelens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The shared foundation: config round-trip, preprocessing policy, eager runtime."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.config import DetectorConfig, PreprocessConfig
+from models.preprocess import ImageError, decode_image, eval_views
+from models.runtime import load_detector
+from tests.conftest import tiny_config
+
+
+def test_config_roundtrip(tmp_path):
+    cfg = tiny_config()
+    cfg.save(tmp_path / "d.json")
+    assert DetectorConfig.load(tmp_path / "d.json") == cfg
+
+
+def test_config_rejects_unknown_crop_mode():
+    with pytest.raises(ValueError, match="crop_mode"):
+        PreprocessConfig(crop_mode="squash")
+
+
+def test_center_crop_keeps_native_pixels_and_pads_small_images():
+    pre = PreprocessConfig(img_size=8, mean=(0, 0, 0), std=(1, 1, 1))
+    arr = np.random.default_rng(0).integers(1, 255, (12, 12, 3), dtype=np.uint8)
+    view = eval_views(Image.fromarray(arr), pre)[0]
+    # centre 8x8 of the 12x12 image, unresampled
+    np.testing.assert_allclose(view.transpose(1, 2, 0), arr[2:10, 2:10] / 255.0, rtol=1e-6)
+    small = eval_views(Image.fromarray(arr[:4, :4]), pre)[0]
+    assert small.shape == (3, 8, 8)
+    assert np.all(small[:, :2, :] == 0) and np.all(small[:, 6:, :] == 0)  # padding = mean
+    np.testing.assert_allclose(small[:, 2:6, 2:6].transpose(1, 2, 0), arr[:4, :4] / 255.0, rtol=1e-6)
+
+
+def test_tiles_cover_large_image():
+    pre = PreprocessConfig(img_size=16, views="tiles", max_tiles=9)
+    views = eval_views(Image.new("RGB", (40, 20)), pre)
+    assert views.shape == (6, 3, 16, 16)  # 3 across x 2 down
+
+
+def test_decode_16bit_grayscale_scales_full_range():
+    arr = np.full((8, 8), 65535, dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    img, facts = decode_image(buf.getvalue())
+    assert img.mode == "RGB" and np.asarray(img).min() == 255 and facts.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    "data,kind",
+    [(b"", "empty"), (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "not_image"), (b"PK\x03\x04zz", "not_image")],
+)
+def test_decode_rejects_non_images(data, kind):
+    with pytest.raises(ImageError) as e:
+        decode_image(data)
+    assert e.value.kind == kind
+
+
+def test_decode_rejects_truncated_jpeg():
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    with pytest.raises(ImageError) as e:
+        decode_image(buf.getvalue()[: len(buf.getvalue()) // 2])
+    assert e.value.kind == "truncated"
+
+
+def test_decode_pixel_limit():
+    buf = io.BytesIO()
+    Image.new("RGB", (100, 100)).save(buf, "PNG")
+    with pytest.raises(ImageError) as e:
+        decode_image(buf.getvalue(), max_pixels=5_000)
+    assert e.value.kind == "too_many_pixels"
+
+
+def test_eager_runtime_scores_and_calibrates(tiny_checkpoint, image_folder):
+    det = load_detector(tiny_checkpoint, backend="eager", device="cpu")
+    images = [decode_image(p)[0] for p in sorted(image_folder.rglob("*.png"))]
+    logits = det.logits(images)
+    probs = det.probabilities(images)
+    assert logits.shape == (4,)
+    np.testing.assert_allclose(probs, 1 / (1 + np.exp(-logits / det.config.temperature)))
+
+
+def test_unknown_backend_lists_choices(tiny_checkpoint):
+    with pytest.raises(ValueError, match="eager"):
+        load_detector(tiny_checkpoint, backend="tensorrt")

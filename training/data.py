@@ -1,0 +1,114 @@
+"""Labelled sample lists: an ImageFolder layout or a CSV/JSONL manifest.
+
+Folder layout: `DATA/real/**` and `DATA/fake/**`; a subfolder directly under `fake/`
+names the generator. Manifest: columns `path` (relative to the manifest's folder),
+`label` (`real`/`fake` or 0/1), optional `source`, `generator`, `split`.
+Without a split column, samples are split deterministically by a hash of their path.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+SPLITS = ("train", "val", "test")
+LABELS = {"real": 0, "fake": 1, "0": 0, "1": 1, "synthetic": 1}
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int  # 1 = synthetic
+    source: str = ""
+    generator: str = ""
+    split: str = ""
+
+
+def hash_split(key: str, val_pct: int = 15, test_pct: int = 15) -> str:
+    """A split that never changes when files are added or the machine changes."""
+    bucket = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % 100
+    if bucket < 100 - val_pct - test_pct:
+        return "train"
+    return "val" if bucket < 100 - test_pct else "test"
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _from_folder(root: Path) -> list[Sample]:
+    missing = [name for name in ("real", "fake") if not (root / name).is_dir()]
+    if missing:
+        raise ValueError(
+            f"{root} is not a dataset folder: missing {', '.join(m + '/' for m in missing)} "
+            "(expected real/ and fake/ subfolders, or pass a CSV/JSONL manifest)"
+        )
+    samples = []
+    for name, label in (("real", 0), ("fake", 1)):
+        for p in _images_under(root / name):
+            rel = p.relative_to(root)
+            generator = rel.parts[1] if label == 1 and len(rel.parts) > 2 else name
+            samples.append(Sample(str(p), label, source=name, generator=generator, split=hash_split(str(rel))))
+    return samples
+
+
+def _parse_label(value: str, where: str) -> int:
+    key = str(value).strip().lower()
+    if key not in LABELS:
+        raise ValueError(f"{where}: label {value!r} is not one of real/fake/0/1")
+    return LABELS[key]
+
+
+def _from_manifest(manifest: Path) -> list[Sample]:
+    if manifest.suffix.lower() == ".jsonl":
+        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    else:
+        with manifest.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    samples = []
+    for i, row in enumerate(rows, start=2):
+        where = f"{manifest}:{i}"
+        if "path" not in row or "label" not in row:
+            raise ValueError(f"{where}: manifest rows need 'path' and 'label' columns, got {sorted(row)}")
+        rel = str(row["path"])
+        split = (row.get("split") or "").strip() or hash_split(rel)
+        if split not in SPLITS:
+            raise ValueError(f"{where}: split {split!r} is not one of {SPLITS}")
+        path = Path(rel) if Path(rel).is_absolute() else manifest.parent / rel
+        samples.append(
+            Sample(
+                str(path),
+                _parse_label(row["label"], where),
+                source=str(row.get("source") or ""),
+                generator=str(row.get("generator") or ""),
+                split=split,
+            )
+        )
+    return samples
+
+
+def list_samples(data: str | Path, split: str | None = None) -> list[Sample]:
+    """All samples of a dataset folder or manifest, optionally only one split."""
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"dataset {data} does not exist")
+    samples = _from_folder(data) if data.is_dir() else _from_manifest(data)
+    if not samples:
+        raise ValueError(f"dataset {data} contains no images (extensions: {', '.join(IMAGE_EXTENSIONS)})")
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        samples = [s for s in samples if s.split == split]
+    return samples
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """A short hash of which files, labels and splits a model was trained on."""
+    h = hashlib.sha256()
+    for s in sorted(samples, key=lambda s: s.path):
+        h.update(f"{Path(s.path).name}\t{s.label}\t{s.split}\n".encode())
+    return h.hexdigest()[:16]
