@@ -91,23 +91,33 @@ class Detector:
         }
 
 
-@register_backend("eager")
-class EagerBackend:
-    """The PyTorch model from a checkpoint folder (model.safetensors + detector.json)."""
+class ModuleBackend:
+    """A live PyTorch module (training's validation passes use this on the model in memory)."""
 
     name = "eager"
 
-    def __init__(self, source: Path, cfg: DetectorConfig, device: str):
-        from models.checkpoint import load_model_dir
-
+    def __init__(self, model: torch.nn.Module, device: str = "cpu"):
+        self.model = model
         self.device = device
-        self.model, _ = load_model_dir(source)
-        self.model.to(device)
 
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        out = self.model(batch.to(self.device, non_blocking=True))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model(batch.to(self.device, non_blocking=True))
+        finally:
+            self.model.train(was_training)
         return out.float().reshape(-1).cpu().numpy()
+
+
+@register_backend("eager")
+def eager_backend(source: Path, cfg: DetectorConfig, device: str) -> ModuleBackend:
+    """The PyTorch model from a checkpoint folder (model.safetensors + detector.json)."""
+    from models.checkpoint import load_model_dir
+
+    model, _ = load_model_dir(source)
+    return ModuleBackend(model.to(device), device)
 
 
 def locate(source: str | Path) -> tuple[Path, DetectorConfig]:

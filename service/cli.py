@@ -12,7 +12,13 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMAND_MODULES = ("training.cli", "models.cli", "service.serve_cli", "service.score_cli")
+SUBCOMMAND_MODULES = (
+    "training.cli",
+    "training.evaluate_cli",
+    "models.cli",
+    "service.serve_cli",
+    "service.score_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
