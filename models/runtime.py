@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models import backends as _backends
 from models.config import DetectorConfig
 from models.preprocess import average_views, batch_views, calibrated_probability
 
@@ -120,17 +121,76 @@ def eager_backend(source: Path, cfg: DetectorConfig, device: str) -> ModuleBacke
     return ModuleBackend(model.to(device), device)
 
 
-def locate(source: str | Path) -> tuple[Path, DetectorConfig]:
-    """Find the model folder and its config for a path (model, run or export folder)."""
-    from models.checkpoint import CONFIG, find_model_dir
+# Exported runtimes (models/backends.py), registered by name here rather than on import.
+register_backend("torchscript")(_backends.torchscript_backend)
+register_backend("onnx")(_backends.onnx_backend)
+register_backend("onnx-int8")(_backends.onnx_int8_backend)
+register_backend("onnx-fp16")(_backends.onnx_fp16_backend)
+register_backend("openvino")(_backends.openvino_backend)
+register_backend("openvino-fp32")(_backends.openvino_fp32_backend)
 
+
+def is_store_tag(source: str | Path) -> bool:
+    """`name:version` (e.g. fakelens-detector:latest) that is not an existing path."""
+    text = str(source)
+    return ":" in text and "/" not in text and not Path(text).exists()
+
+
+def locate(source: str | Path) -> tuple[Path, DetectorConfig]:
+    """Find the model folder and its config for a path (model, run or export folder) or a store tag."""
+    from models.checkpoint import CONFIG, find_model_dir
+    from models.metadata import is_export_dir, read_metadata
+
+    if is_store_tag(source):
+        from models.store import model_path
+
+        source = model_path(str(source))
     path = Path(source)
+    if path.is_dir() and is_export_dir(path):
+        if not (path / CONFIG).is_file():
+            raise FileNotFoundError(f"{path} is an export folder without {CONFIG}; re-run `fakelens export`")
+        read_metadata(path)  # raises with a clear message when metadata.json is missing or torn
+        return path, DetectorConfig.load(path / CONFIG)
     folder = find_model_dir(path)
     return folder, DetectorConfig.load(folder / CONFIG)
 
 
 def default_backend(folder: Path, device: str) -> str:
-    return "eager"
+    """The fastest backend that passed parity for this model (docs/performance-runtimes.md).
+
+    CPU: OpenVINO (bf16 on AMX CPUs) when the export's parity check recorded it within its
+    bound, else ONNX Runtime fp32. GPU: ORT fp16 when exported and onnxruntime-gpu is
+    present, else TorchScript fp16. A checkpoint folder without an export runs eagerly.
+    """
+    from models.metadata import ONNX_FILE, ONNX_FP16_FILE, read_metadata
+
+    if not (folder / ONNX_FILE).is_file():
+        return "torchscript" if (device == "cuda" and (folder / _backends.TORCHSCRIPT_FILE).is_file()) else "eager"
+    if device == "cuda":
+        import onnxruntime as ort
+
+        has_cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
+        return "onnx-fp16" if has_cuda_ort and (folder / ONNX_FP16_FILE).is_file() else "torchscript"
+    parity = read_metadata(folder).get("parity", {})
+    openvino_ok = isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True
+    return "openvino" if openvino_ok else "onnx"
+
+
+def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
+    """Run one dummy batch of the configured size so a broken artifact fails at load, not at the first request."""
+    size = cfg.preprocess.img_size
+    try:
+        out = np.asarray(backend(torch.zeros(2, 3, size, size)))
+    except Exception as e:  # every runtime has its own error types; the message is what matters
+        raise ValueError(
+            f"backend {backend.name!r} cannot run {source} on a 2 x 3 x {size} x {size} batch "
+            f"(img_size from detector.json): {str(e)[:300]}"
+        ) from None
+    if out.size != 2 or not np.all(np.isfinite(out)):
+        raise ValueError(
+            f"backend {backend.name!r} on {source} returned {out.shape} (non-finite or wrong count) for a "
+            "batch of 2; the model must output one logit per image: re-run `fakelens export`"
+        )
 
 
 def load_detector(source: str | Path, backend: str = "auto", device: str = "auto") -> Detector:
@@ -140,4 +200,6 @@ def load_detector(source: str | Path, backend: str = "auto", device: str = "auto
     name = default_backend(folder, device) if backend == "auto" else backend
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)} or 'auto'")
-    return Detector(config=cfg, backend=BACKENDS[name](folder, cfg, device), source=str(folder))
+    loaded = BACKENDS[name](folder, cfg, device)
+    warm_up(loaded, cfg, folder)
+    return Detector(config=cfg, backend=loaded, source=str(folder))

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# GPU checks for a session that has a device machine (15 minutes of device time in all).
+#
+#   bash bench/gpu_check.sh            # from the repository root
+#
+# Installs nothing heavy; fails fast when no CUDA device is visible. Each section is short
+# and prints its own table; later issues add their sections below.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+[ -x "$PY" ] || PY=python3
+
+if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  echo "gpu_check.sh: no CUDA device visible (torch.cuda.is_available() is False); run it on a GPU machine" >&2
+  exit 2
+fi
+"$PY" -c 'import torch; print("# GPU:", torch.cuda.get_device_name(0))'
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PY" -c 'import onnxruntime as o; print("# onnxruntime providers:", o.get_available_providers())'
+
+# --- runtimes (issue 3) ---
+# eager fp32/fp16/bf16 autocast, TorchScript fp16, ORT CUDA fp32/fp16 (skipped with a note
+# when onnxruntime has no CUDAExecutionProvider), vit_small at batch 1/8/32.
+timeout 300 "$PY" bench/runtimes.py --device cuda --models vit_small_patch16_224 \
+  --batches 1,8,32 --repeats 3 --seconds 1.0
+
+# --- serve (issue 4) ---
+# placeholder: start `fakelens serve` on 127.0.0.1 with device=cuda and measure adaptive batching.
+
+# --- training throughput (issue 6) ---
+# placeholder: a few hundred `fakelens train` steps on synthetic data, images/s with AMP.

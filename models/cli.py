@@ -1,0 +1,80 @@
+"""`fakelens export` and `fakelens models list|show`: export, verify and store detectors.
+
+    fakelens export RUN_OR_MODEL_DIR --out EXP [--int8] [--fp16] [--no-store] [--version V] [--data DATA]
+    fakelens models list
+    fakelens models show fakelens-detector:latest
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a checkpoint to ONNX + TorchScript, verify parity, store it")
+    p.add_argument("checkpoint", help="run folder (uses best/) or model folder")
+    p.add_argument("--out", required=True, help="export folder to write (replaced atomically)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ORT dynamic quantization)")
+    p.add_argument("--fp16", action="store_true", help="also write model.fp16.onnx (for GPUs)")
+    p.add_argument("--no-store", action="store_true", help="do not register the export in the BentoML store")
+    p.add_argument("--version", default="", help="model version (default: detector.json's, else a timestamp)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
+    p.add_argument("--data", help="dataset folder/manifest: measure the int8/fp16 AUC change on its val split")
+    p.set_defaults(run=run_export)
+
+    m = sub.add_parser("models", help="list or show detectors in the BentoML model store")
+    msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    msub.add_parser("list", help="list stored detectors").set_defaults(run=run_list)
+    show = msub.add_parser("show", help="show one stored detector")
+    show.add_argument("tag", help="e.g. fakelens-detector:latest")
+    show.set_defaults(run=run_show)
+
+
+def _val_samples(data: str) -> list[tuple[str, int]]:
+    # NOTE: the one place models/ reaches into training/: dataset listing lives there and this
+    # is a CLI entry point (a composition root), not library code.
+    from training.data import list_samples
+
+    samples = list_samples(data, split="val")
+    if not samples:
+        raise ValueError(f"dataset {data} has no val split images to measure the AUC change on")
+    return [(s.path, s.label) for s in samples]
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from models.export import ExportOptions, export_model
+
+    if args.opset < 17:
+        raise ValueError(f"--opset {args.opset} is too old; use 17 or newer")
+    options = ExportOptions(int8=args.int8, fp16=args.fp16, opset=args.opset, version=args.version)
+    val = _val_samples(args.data) if args.data else None
+    export_model(args.checkpoint, args.out, options, val=val)
+    if not args.no_store:
+        from models.store import register as store_register
+
+        store_register(Path(args.out))
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from models.store import list_models
+
+    rows = list_models()
+    if not rows:
+        print("no fakelens detectors in the BentoML store; add one with `fakelens export CHECKPOINT --out EXP`")
+        return 0
+    print(f"{'TAG':<44} {'CREATED':<20} {'SIZE':>8}  ARCH / VAL AUC")
+    for r in rows:
+        labels = r["labels"]
+        print(f"{r['tag']:<44} {r['created']:<20} {r['size_mb']:>6.1f}MB  {labels.get('arch', '')} "
+              f"{labels.get('val_auc', '')}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from models.store import show
+
+    print(json.dumps(show(args.tag), indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,289 @@
+"""Export a trained detector to ONNX and TorchScript, verified by parity before it is kept.
+
+    fakelens export RUN_OR_MODEL_DIR --out EXP [--int8] [--fp16] [--version V] [--data DATA]
+
+Writes into a temp folder beside EXP, checks every artifact against the eager model
+(models/parity.py), embeds the metadata in each artifact, then swaps the folder in with
+models.atomic.replace_dir: a rejected export leaves no EXP behind (or the previous one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.atomic import replace_dir
+from models.checkpoint import CONFIG, WEIGHTS, find_model_dir, load_model_dir
+from models.config import DetectorConfig
+from models.metadata import (
+    INPUT_NAME,
+    ONNX_FILE,
+    ONNX_FP16_FILE,
+    ONNX_INT8_FILE,
+    OUTPUT_NAME,
+    TORCHSCRIPT_FILE,
+    build_metadata,
+    file_sha256,
+    is_export_dir,
+    set_onnx_metadata,
+    write_metadata,
+)
+from models.parity import ParityResult, compare, parity_batches, raise_on_failure, run_all
+
+# The same rule BentoML applies to tag versions, checked up front for a clearer message.
+VERSION_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?$")
+# Cap on validation images scored per variant for the AUC change (each is a full pass per runtime).
+MAX_VAL_IMAGES = 1000
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    int8: bool = False
+    fp16: bool = False
+    opset: int = 17
+    version: str = ""  # overrides detector.json's version; default: it, else a timestamp
+
+
+def check_version(version: str) -> str:
+    if not VERSION_RE.match(version):
+        raise ValueError(
+            f"version {version!r} is not a valid model-store version: use lowercase letters, digits, "
+            "'.', '-', '_' (max 63 characters, starting and ending with a letter or digit)"
+        )
+    return version
+
+
+# The legacy exporter and the tracer warn about every Python-side shape check in timm; those
+# are expected for fixed-size ViTs, and the parity check is what proves the graph right.
+QUIET = "ignore"
+
+
+def _onnx_file(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> str:
+    try:
+        torch.onnx.export(
+            model, (example,), str(path), opset_version=opset, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True, dynamo=False,
+        )
+        return "torchscript"
+    except Exception as first:  # any exporter failure: try the other one before giving up
+        try:
+            batch = torch.export.Dim("batch", min=1, max=4096)
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, opset_version=max(opset, 18), input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+            )
+            program.save(str(path))
+            return "dynamo"
+        except Exception as second:
+            raise ValueError(
+                f"ONNX export failed with both exporters: torchscript-based: {first}; dynamo: {second}"
+            ) from None
+
+
+def export_onnx(model: torch.nn.Module, cfg: DetectorConfig, path: Path, opset: int) -> str:
+    """model.onnx with a dynamic batch axis. TorchScript-based exporter first: for timm ViTs it
+    gave faster ORT graphs than dynamo here; dynamo is the fallback. Returns the exporter used."""
+    import onnx
+
+    size = cfg.preprocess.img_size
+    with warnings.catch_warnings():
+        warnings.simplefilter(QUIET)
+        exporter = _onnx_file(model, torch.randn(2, 3, size, size), path, opset)
+    onnx.checker.check_model(str(path))
+    return exporter
+
+
+def export_torchscript(model: torch.nn.Module, cfg: DetectorConfig, path: Path) -> torch.jit.ScriptModule:
+    size = cfg.preprocess.img_size
+    with warnings.catch_warnings():
+        warnings.simplefilter(QUIET)
+        traced = torch.jit.trace(model, torch.randn(2, 3, size, size))
+        torch.jit.save(traced, str(path))
+    return traced
+
+
+def export_int8(src: Path, dst: Path) -> None:
+    """Dynamic quantization: int8 weights, activations quantized per batch at run time (no calibration set)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quantize_dynamic logs a root-level hint to run quant_pre_process; parity and the AUC
+    # change are our checks, so keep that hint out of the user's terminal.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def export_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and compute for GPUs; float32 inputs/outputs so callers feed the same arrays.
+    Uses onnxruntime.transformers.float16 (onnxconverter-common is not a dependency)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
+
+
+def _backend(name: str, folder: Path, cfg: DetectorConfig):
+    from models.runtime import BACKENDS
+
+    return BACKENDS[name](folder, cfg, "cpu")
+
+
+def check_parity(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, names: Sequence[str]) -> list[ParityResult]:
+    """Logits of each named runtime (loaded from `folder`) vs the eager model on fixed batches."""
+    from models.runtime import ModuleBackend
+
+    batches = parity_batches(cfg.preprocess.img_size)
+    reference = run_all(ModuleBackend(model, "cpu"), batches)
+    results = []
+    for name in names:
+        try:
+            candidate = run_all(_backend(name, folder, cfg), batches)
+        except Exception as e:  # a runtime that cannot even run the graph fails parity
+            results.append(ParityResult(name, float("inf"), float("inf"), 0.0, "run", False, str(e)[:300]))
+            continue
+        results.append(compare(name, reference, candidate, cfg.temperature))
+    return results
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Mann-Whitney AUC with ties counted half (numpy only; sklearn is a dev dependency)."""
+    labels = np.asarray(labels).astype(bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def variant_auc_changes(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, names: Sequence[str],
+                        val: Sequence[tuple[str, int]]) -> dict[str, dict[str, Any]]:
+    """Validation AUC of each reduced-precision variant minus the eager fp32 AUC, same images."""
+    from models.preprocess import ImageError, decode_image
+    from models.runtime import Detector, ModuleBackend
+
+    if len(val) > MAX_VAL_IMAGES:  # evenly spaced subset: deterministic, covers the whole list
+        val = [val[i] for i in np.linspace(0, len(val) - 1, MAX_VAL_IMAGES).astype(int)]
+    images, labels = [], []
+    for path, label in val:
+        try:
+            images.append(decode_image(path)[0])
+            labels.append(label)
+        except (ImageError, OSError):  # an unreadable val file is skipped, as evaluation does
+            continue
+    labels = np.array(labels)
+
+    def probs(backend) -> np.ndarray:
+        det = Detector(cfg, backend, str(folder))
+        return np.concatenate([det.probabilities(images[i : i + 32]) for i in range(0, len(images), 32)])
+
+    ref = probs(ModuleBackend(model, "cpu"))
+    auc_ref = roc_auc(labels, ref)
+    out = {}
+    for name in names:
+        p = probs(_backend(name, folder, cfg))
+        auc = roc_auc(labels, p)
+        out[name] = {"val_images": len(images), "auc_fp32": auc_ref, "auc": auc, "auc_change": auc - auc_ref,
+                     "max_abs_prob_diff": float(np.max(np.abs(p - ref)))}
+    return out
+
+
+def _check_out(out: Path, source: Path) -> None:
+    out, source = out.resolve(), source.resolve()
+    if out == source or out in source.parents:
+        raise ValueError(f"--out {out} would replace the checkpoint {source}; choose another folder")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not is_export_dir(out))):
+        raise ValueError(f"--out {out} exists and is not an export folder; refusing to replace it")
+
+
+def _write_artifact_metadata(tmp: Path, meta: dict[str, Any], traced: torch.jit.ScriptModule) -> None:
+    write_metadata(tmp, meta)
+    for name in (ONNX_FILE, ONNX_INT8_FILE, ONNX_FP16_FILE):
+        if (tmp / name).exists():
+            set_onnx_metadata(tmp / name, meta)
+    with warnings.catch_warnings():
+        warnings.simplefilter(QUIET)
+        torch.jit.save(traced, str(tmp / TORCHSCRIPT_FILE),
+                       _extra_files={"metadata.json": json.dumps(meta, sort_keys=True)})
+
+
+def export_model(checkpoint: str | Path, out: str | Path, options: ExportOptions = ExportOptions(),
+                 val: Sequence[tuple[str, int]] | None = None,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export, verify and atomically install EXP. Returns the metadata written."""
+    source = find_model_dir(checkpoint)
+    out = Path(out)
+    _check_out(out, source)
+    model, cfg = load_model_dir(source)
+    version = check_version(options.version or cfg.version or time.strftime("%Y%m%d-%H%M%S"))
+    cfg = replace(cfg, version=version)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        meta = _export_into(tmp, source, model, cfg, options, val, log)
+        replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"exported {cfg.name}:{version} to {out}")
+    return meta
+
+
+def _export_into(tmp: Path, source: Path, model: torch.nn.Module, cfg: DetectorConfig, options: ExportOptions,
+                 val: Sequence[tuple[str, int]] | None, log: Callable[[str], None]) -> dict[str, Any]:
+    started = time.time()
+    exporter = export_onnx(model, cfg, tmp / ONNX_FILE, options.opset)
+    traced = export_torchscript(model, cfg, tmp / TORCHSCRIPT_FILE)
+    names = ["torchscript", "onnx"]
+    if options.int8:
+        export_int8(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE)
+        names.append("onnx-int8")
+    if options.fp16:
+        export_fp16(tmp / ONNX_FILE, tmp / ONNX_FP16_FILE)
+        names.append("onnx-fp16")
+    cfg.save(tmp / CONFIG)
+    facts = dict(
+        export_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), opset=options.opset, exporter=exporter,
+        source_checkpoint=str(source), weights_sha256=file_sha256(source / WEIGHTS),
+        torch_version=torch.__version__, files=[n for n in (ONNX_FILE, TORCHSCRIPT_FILE, ONNX_INT8_FILE,
+                                                           ONNX_FP16_FILE) if (tmp / n).exists()],
+    )
+    _write_artifact_metadata(tmp, build_metadata(cfg, **facts, parity="pending"), traced)
+    results = check_parity(tmp, cfg, model, names)
+    # OpenVINO reads model.onnx at load; its (bf16) result decides whether `auto` may pick it.
+    runtime_results = check_parity(tmp, cfg, model, ["openvino"])
+    for r in results + runtime_results:
+        log(r.line())
+    raise_on_failure(results, "the export folder")
+    trained_auc = (cfg.metrics.get("val") or {}).get("auc", cfg.metrics.get("val_auc"))
+    variants = {n: {"auc_change": None, "auc_fp32": trained_auc,
+                    "note": "pass --data DATA to measure this variant's validation AUC change"}
+                for n in names if n in ("onnx-int8", "onnx-fp16")}
+    if val and variants:
+        variants = variant_auc_changes(tmp, cfg, model, list(variants), val)
+        for name, v in variants.items():
+            log(f"{name}: val AUC {v['auc']:.4f} vs fp32 {v['auc_fp32']:.4f} (change {v['auc_change']:+.4f})")
+    meta = build_metadata(cfg, **facts, parity={r.backend: r.to_dict() for r in results + runtime_results},
+                          variants=variants, export_seconds=round(time.time() - started, 2))
+    _write_artifact_metadata(tmp, meta, traced)
+    # The files were rewritten to embed the metadata: check the final bytes, not the earlier ones.
+    raise_on_failure(check_parity(tmp, cfg, model, names), "the export folder")
+    return meta

@@ -1,0 +1,95 @@
+"""Export metadata: what an exported detector is, how to feed it and how to read its output.
+
+The same facts are written three ways so each artifact stands alone:
+- `EXP/metadata.json` beside the files (what `fakelens models show` and the store read);
+- ONNX `metadata_props` (string -> string; structured values as JSON), so plain
+  `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map` names the
+  preprocessing, temperature and threshold without any project code;
+- TorchScript `_extra_files["metadata.json"]`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from models.config import DetectorConfig
+
+METADATA = "metadata.json"
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+ONNX_FP16_FILE = "model.fp16.onnx"
+TORCHSCRIPT_FILE = "model.torchscript.pt"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_metadata(cfg: DetectorConfig, **export_facts: Any) -> dict[str, Any]:
+    """The full metadata record: the detector config's facts plus how it was exported."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": cfg.name,
+        "version": cfg.version,
+        "arch": cfg.arch,
+        "model_kwargs": dict(cfg.model_kwargs),
+        "preprocess": cfg.to_dict()["preprocess"],
+        "input": {"name": INPUT_NAME, "shape": ["batch", 3, cfg.preprocess.img_size, cfg.preprocess.img_size],
+                  "dtype": "float32", "layout": "NCHW, RGB, (x/255 - mean) / std"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", 1],
+                   "meaning": "logit; probability synthetic = sigmoid(logit / temperature)"},
+        "temperature": cfg.temperature,
+        "threshold": cfg.threshold,
+        "target_fpr": cfg.target_fpr,
+        "metrics": dict(cfg.metrics),
+        "data_fingerprint": cfg.data_fingerprint,
+        **export_facts,
+    }
+
+
+def to_string_map(meta: dict[str, Any]) -> dict[str, str]:
+    """Flatten for ONNX metadata_props: strings stay, everything else becomes JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
+
+
+def set_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """Rewrite an ONNX file's metadata_props in place (the graph is untouched)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    del model.metadata_props[:]
+    for key, value in to_string_map(meta).items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+
+
+def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
+    from models.atomic import atomic_write_text
+
+    atomic_write_text(folder / METADATA, json.dumps(meta, indent=2, sort_keys=True))
+
+
+def read_metadata(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / METADATA
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path} is missing: {folder} is not a complete export; re-run `fakelens export`"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-run `fakelens export`") from None
+
+
+def is_export_dir(folder: Path) -> bool:
+    return any((Path(folder) / name).exists() for name in (ONNX_FILE, TORCHSCRIPT_FILE, METADATA))
