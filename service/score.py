@@ -1,0 +1,225 @@
+"""The local batch scorer behind `fakelens score`: parallel decode overlapped with batched inference.
+
+    fakelens score photos/ more.csv -o scores.jsonl --model /tmp/export --batch-size 32 --workers 4
+
+Worker threads read, decode (`models.preprocess.decode_image`) and build each image's
+views (`eval_views`) while the main thread runs the model on the previous batch: both
+Pillow's decoders and the model call (ONNX Runtime / torch) release the GIL, so they
+overlap. At most `prefetch` batches are decoded ahead, which bounds memory. Rows come
+out in input order and each batch is committed through `service.writers`, so a killed
+job resumes exactly where it stopped when the same command is run again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    average_views,
+    calibrated_probability,
+    decode_image,
+    eval_views,
+)
+from service.inputs import fingerprint, read_bytes
+from service.writers import JobHeader, JobState, Progress, open_sink, output_format
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    model: str
+    backend: str = "auto"
+    device: str = "auto"
+    batch_size: int = 32
+    workers: int = 0  # 0 = default_workers(); the Ray engine reads it as the actor count
+    prefetch: int = 2  # batches decoded ahead of the model
+    only_synthetic: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    overwrite: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size={self.batch_size}; it must be at least 1")
+        if self.workers < 0:
+            raise ValueError(f"--workers={self.workers}; it must be at least 1 (or 0 for the default)")
+        if self.max_pixels < 1:
+            raise ValueError(f"--max-pixels={self.max_pixels}; it must be positive")
+
+
+@dataclass(frozen=True)
+class Summary:
+    total: int
+    scored: int
+    flagged: int
+    errors: int
+    resumed_from: int
+    wall_s: float
+
+    def line(self) -> str:
+        resumed = f" (resumed after {self.resumed_from} done before)" if self.resumed_from else ""
+        rate = (self.total - self.resumed_from) / self.wall_s if self.wall_s > 0 else 0.0
+        return (
+            f"{self.total} inputs{resumed}: {self.scored} scored, {self.flagged} flagged synthetic, "
+            f"{self.errors} errors; {self.wall_s:.1f} s wall ({rate:.1f} img/s this run)"
+        )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One input after decoding: its views, or the reason it cannot be scored."""
+
+    path: str
+    views: np.ndarray | None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+def prepare(path: str, pre, max_pixels: int) -> Prepared:
+    try:
+        data = read_bytes(path)
+    except OSError as e:
+        return Prepared(
+            path, None, error=f"unreadable: {e.strerror or e}; check the path and its permissions"
+        )
+    try:
+        img, facts = decode_image(data, max_pixels)
+        return Prepared(path, eval_views(img, pre), facts.width, facts.height)
+    except ImageError as e:
+        return Prepared(path, None, error=f"{e.kind}: {e}")
+
+
+def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
+    """Rows (writers.COLUMNS) for one batch; the model sees every decodable image at once."""
+    cfg = detector.config
+    ok = [it for it in items if it.views is not None]
+    probs: dict[int, float] = {}
+    if ok:
+        import torch
+
+        batch = torch.from_numpy(np.concatenate([it.views for it in ok]))
+        logits = average_views(detector.view_logits(batch), [it.views.shape[0] for it in ok])
+        probs = {
+            id(it): float(p)
+            for it, p in zip(ok, calibrated_probability(logits, cfg.temperature), strict=True)
+        }
+    rows = []
+    for it in items:
+        score = probs.get(id(it))
+        label = None if score is None else ("synthetic" if score >= cfg.threshold else "real")
+        rows.append(
+            dict(
+                path=it.path,
+                score=score,
+                label=label,
+                threshold=float(cfg.threshold),
+                model=cfg.name,
+                model_version=cfg.version,
+                width=it.width,
+                height=it.height,
+                error=it.error,
+            )
+        )
+    return rows
+
+
+def job_header(cfg, inputs: Sequence[str], out: Path, only_synthetic: bool) -> JobHeader:
+    return JobHeader(
+        model=cfg.name,
+        model_version=cfg.version,
+        inputs=fingerprint(inputs),
+        n_inputs=len(inputs),
+        format=output_format(out),
+        only_synthetic=only_synthetic,
+    )
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    # disable=None turns the bar off when stderr is not a terminal (logs, CI, tests).
+    return tqdm(
+        total=total,
+        initial=initial,
+        unit="img",
+        desc="scoring",
+        disable=None if enabled else True,
+        file=sys.stderr,
+    )
+
+
+def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobState, sink, bar) -> None:
+    pre = detector.config.preprocess
+    batches = _chunks(todo, opts.batch_size)
+    with ThreadPoolExecutor(opts.workers or default_workers(), thread_name_prefix="decode") as pool:
+        pending: deque[list[Future]] = deque()
+
+        def submit_next() -> None:
+            chunk = next(batches, None)
+            if chunk is not None:
+                pending.append([pool.submit(prepare, p, pre, opts.max_pixels) for p in chunk])
+
+        try:
+            for _ in range(opts.prefetch + 1):
+                submit_next()
+            while pending:
+                items = [f.result() for f in pending.popleft()]
+                submit_next()  # decode the next batch while this one is on the model
+                rows = score_prepared(detector, items)
+                kept = [r for r in rows if r["label"] == "synthetic"] if opts.only_synthetic else rows
+                # Order matters: rows reach the disk (fsync) before the commit that counts them.
+                state.commit(state.progress.advance(rows, sink.write(kept)))
+                bar.update(len(rows))
+        finally:
+            for futures in pending:
+                for f in futures:
+                    f.cancel()
+
+
+def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, detector=None) -> Summary:
+    """Score `inputs` into OUT with the local engine, resuming an interrupted run of the same job.
+
+    `detector` (already loaded from opts.model) lets a caller such as the benchmark reuse one.
+    """
+    from models.runtime import load_detector
+
+    start = time.perf_counter()
+    out = Path(out)
+    output_format(out)  # refuse a bad extension before loading a model
+    detector = detector or load_detector(opts.model, opts.backend, opts.device)
+    state = JobState(out, job_header(detector.config, inputs, out, opts.only_synthetic), opts.overwrite)
+    resumed_from = state.progress.done
+    try:
+        sink = open_sink(out, state.progress.position)
+        try:
+            with _progress_bar(len(inputs), resumed_from, opts.progress) as bar:
+                _run_batches(detector, inputs[resumed_from:], opts, state, sink, bar)
+            sink.finish()
+        finally:
+            sink.close()
+        state.finish()
+    finally:
+        state.close()
+    p: Progress = state.progress
+    return Summary(len(inputs), p.scored, p.flagged, p.errors, resumed_from, time.perf_counter() - start)
