@@ -1,0 +1,106 @@
+"""`fakelens demo-data` and `fakelens train`: flags -> typed config -> one function call.
+
+    fakelens demo-data /tmp/demo --n 200
+    fakelens train --data /tmp/demo --out /tmp/run --model vit_tiny_patch16_224 --img-size 64 --epochs 2
+
+The command line is parsed once into a frozen TrainConfig; torch and timm are imported
+only inside the run callables so `fakelens --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+
+from training.train_config import AMP_MODES, DEVICES, OPTIMIZERS, TrainConfig
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e}); e.g. '{{\"depth\": 2}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"drop_path_rate\": 0.1}'")
+    return value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo-data", help="write a small procedural real/synthetic dataset (no network)")
+    demo.add_argument("out", help="output folder (created; an earlier demo-data output there is replaced)")
+    demo.add_argument("--n", type=int, default=200, help="number of images, half real, half fake (default 200)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=run_demo_data)
+
+    p = sub.add_parser("train", help="fine-tune a timm model into a real-vs-synthetic detector")
+    p.add_argument("--data", required=True, help="dataset folder (real/, fake/) or CSV/JSONL manifest")
+    p.add_argument("--out", required=True, help="run folder: best/, last/, metrics.jsonl, train_config.json")
+    p.add_argument("--model", default="vit_small_patch16_224", help="any timm model name")
+    p.add_argument("--model-kwargs", type=_json_dict, default={}, help="extra timm create_model kwargs as JSON")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start from pretrained weights (efficientnet_lite0: the offline package if installed; else timm's hub)")
+    p.add_argument("--pretrained-file", default=None, help="start from a local weights file (safetensors/pth)")
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--crop-mode", choices=("crop", "resize"), default="crop",
+                   help="crop: native-resolution random crops (keeps generator artifacts); resize: shorter side first")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--layer-decay", type=float, default=None, help="layer-wise LR decay, e.g. 0.75 for ViTs")
+    p.add_argument("--warmup-epochs", type=float, default=0.5)
+    p.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor as a fraction of --lr")
+    p.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
+    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 on GPU, none on CPU")
+    p.add_argument("--ema-decay", type=float, default=None, help="keep EMA weights (e.g. 0.999); used for val and best")
+    p.add_argument("--freeze-backbone", action="store_true", help="linear probe: train only the head")
+    p.add_argument("--jpeg-prob", type=float, default=0.3, help="probability of JPEG re-compression (quality 30-100)")
+    p.add_argument("--blur-prob", type=float, default=0.1, help="probability of Gaussian blur")
+    p.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without val AUC gain")
+    p.add_argument("--save-every", type=int, default=200, help="also write last/ every N optimizer steps")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resumable)")
+    p.add_argument("--val-batch-size", type=int, default=64)
+    p.add_argument("--target-fpr", type=float, default=0.05, help="false-positive rate the threshold is fitted for")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ checkpoint")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(run=run_train)
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+
+
+def run_demo_data(args: argparse.Namespace) -> int:
+    from training.demo_data import write_demo_dataset
+
+    start = time.perf_counter()
+    manifest = write_demo_dataset(args.out, n=args.n, seed=args.seed)
+    print(f"wrote {args.n} images and {manifest} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg = train_config(args)
+    _setup_logging()
+    from training.train import train
+
+    result = train(cfg)
+    print(
+        f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.1f} s; "
+        f"best val AUC {result.best_auc:.4f}; model: {result.best_dir}"
+    )
+    return 0

@@ -1,0 +1,107 @@
+"""TrainConfig: every knob of `fakelens train`, as one frozen dataclass.
+
+Built once from the command line (training/cli.py) or directly in Python/tests, saved as
+RUN/train_config.json, and compared on `--resume` so a resumed run cannot silently change
+what it trains. Importing this module is cheap (no torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OPTIMIZERS = ("adamw", "sgd")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+DEVICES = ("auto", "cpu", "cuda")
+
+# Fields that may differ between an interrupted run and its --resume without changing
+# the result (how long to run, how fast to load, where to report).
+RESUMABLE_CHANGES = frozenset({"resume", "workers", "max_steps", "epochs", "patience", "save_every", "progress"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    model: str = "vit_small_patch16_224"
+    # Extra timm create_model kwargs (tests use tiny ViTs: depth, embed_dim, ...).
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = False
+    pretrained_file: str | None = None
+    img_size: int = 224
+    crop_mode: str = "crop"
+    epochs: int = 10
+    batch_size: int = 32
+    accum_steps: int = 1
+    optimizer: str = "adamw"
+    lr: float = 2e-4
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    layer_decay: float | None = None
+    warmup_epochs: float = 0.5
+    min_lr_ratio: float = 0.01
+    clip_grad: float = 1.0
+    amp: str = "auto"
+    ema_decay: float | None = None
+    freeze_backbone: bool = False
+    jpeg_prob: float = 0.3
+    blur_prob: float = 0.1
+    hflip: bool = True
+    seed: int = 0
+    workers: int = 0
+    device: str = "auto"
+    patience: int | None = None
+    save_every: int | None = 200
+    max_steps: int | None = None
+    val_batch_size: int = 64
+    target_fpr: float = 0.05
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.optimizer in OPTIMIZERS, f"--optimizer {self.optimizer!r}: choose one of {OPTIMIZERS}"),
+            (self.amp in AMP_MODES, f"--amp {self.amp!r}: choose one of {AMP_MODES}"),
+            (self.device in DEVICES, f"--device {self.device!r}: choose one of {DEVICES}"),
+            (self.epochs >= 1, f"--epochs {self.epochs}: must be >= 1"),
+            (self.batch_size >= 1, f"--batch-size {self.batch_size}: must be >= 1"),
+            (self.accum_steps >= 1, f"--accum-steps {self.accum_steps}: must be >= 1"),
+            (self.lr > 0, f"--lr {self.lr}: must be > 0"),
+            (0 <= self.jpeg_prob <= 1, f"--jpeg-prob {self.jpeg_prob}: must be within [0, 1]"),
+            (0 <= self.blur_prob <= 1, f"--blur-prob {self.blur_prob}: must be within [0, 1]"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay {self.layer_decay}: must be in (0, 1]"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay}: must be in (0, 1)"),
+            (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
+            (self.save_every is None or self.save_every >= 1, f"--save-every {self.save_every}: must be >= 1"),
+            (self.max_steps is None or self.max_steps >= 1, f"--max-steps {self.max_steps}: must be >= 1"),
+            (self.patience is None or self.patience >= 1, f"--patience {self.patience}: must be >= 1"),
+            (not (self.pretrained_file and self.pretrained), "use either --pretrained or --pretrained-file, not both"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def save(self, path: Path) -> None:
+        from models.atomic import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def resume_conflicts(self, saved: TrainConfig) -> list[str]:
+        """Fields whose change would make a resumed run differ from the interrupted one."""
+        mine, theirs = self.to_dict(), saved.to_dict()
+        return [f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in mine if k not in RESUMABLE_CHANGES and mine[k] != theirs[k]]
