@@ -1,0 +1,91 @@
+"""HTTP errors of the detection service: one BentoMLException subclass per status.
+
+Every error the service answers with is one of these, rendered by `error_response` as
+`{"error": {"code": 415, "kind": "not_image", "message": "..."}}`; the message says what
+to change. `from_image_error` maps `models.preprocess.ImageError` kinds to statuses.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from bentoml.exceptions import BentoMLException
+
+from models.preprocess import ImageError
+
+
+class ServiceError(BentoMLException):
+    error_code = HTTPStatus.BAD_REQUEST
+    kind = "bad_request"
+
+    def __init__(self, message: str, kind: str | None = None):
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+    @property
+    def status(self) -> int:
+        return int(self.error_code)
+
+    def to_dict(self) -> dict:
+        return {"code": self.status, "kind": self.kind, "message": self.message}
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class BadRequest(ServiceError):
+    error_code = HTTPStatus.BAD_REQUEST
+    kind = "bad_request"
+
+
+class Unauthorized(ServiceError):
+    error_code = HTTPStatus.UNAUTHORIZED
+    kind = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class PayloadTooLarge(ServiceError):
+    error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+    kind = "too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    error_code = HTTPStatus.UNSUPPORTED_MEDIA_TYPE
+    kind = "unsupported_media_type"
+
+
+class Unprocessable(ServiceError):
+    error_code = HTTPStatus.UNPROCESSABLE_ENTITY
+    kind = "unprocessable"
+
+
+class Overloaded(ServiceError):
+    error_code = HTTPStatus.SERVICE_UNAVAILABLE
+    kind = "overloaded"
+    retry_after_s = 1
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+# ImageError.kind -> the error class answered for it.
+IMAGE_ERRORS: dict[str, type[ServiceError]] = {
+    "empty": BadRequest,
+    "not_image": UnsupportedMediaType,
+    "unsupported_format": UnsupportedMediaType,
+    "truncated": Unprocessable,
+    "too_many_pixels": PayloadTooLarge,
+}
+
+
+def from_image_error(e: ImageError) -> ServiceError:
+    return IMAGE_ERRORS[e.kind](str(e), kind=e.kind)
+
+
+def error_response(err: ServiceError):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=err.headers())

@@ -1,0 +1,180 @@
+"""The HTTP detection service: `bentoml serve service.service:Detector` (or `fakelens serve`).
+
+Two BentoML services in one bento:
+- `Detector` (public, CPU): POST /detect and /detect_batch take multipart uploads, decode
+  them and cut the model's views (off the event loop, in threads), then await the model.
+- `DetectorModel` (internal, GPU when present): loads the model once through
+  `models.runtime.load_detector`, warms it up, and exposes one adaptive-batching method,
+  `score(views: list[array]) -> list[probability]`. BentoML merges concurrent calls into
+  one model call; the batch sizes run land in the `fakelens_model_batch_size` histogram.
+
+Settings come from FAKELENS_* environment variables read at import (service/settings.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiohttp
+import anyio
+import bentoml
+import numpy as np
+import torch
+
+from models.config import DetectorConfig
+from models.preprocess import average_views, calibrated_probability
+from models.runtime import Detector as LoadedDetector
+from models.runtime import load_detector
+from service.errors import Overloaded, ServiceError, error_response
+from service.guard import GuardMiddleware
+from service.settings import ServeSettings
+from service.verdict import Prepared, item_error, prepare, verdict
+
+SETTINGS = ServeSettings.from_env()
+LINK_RETRIES = 3
+GPU = torch.cuda.is_available() and SETTINGS.device != "cpu"
+
+BATCH_SIZE = bentoml.metrics.Histogram(
+    name="fakelens_model_batch_size",
+    documentation="Images per model call actually run by the batched score method",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+BATCH_SECONDS = bentoml.metrics.Histogram(
+    name="fakelens_model_batch_seconds",
+    documentation="Wall time of one batched model call",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def warm_up(detector: LoadedDetector, batch_size: int) -> None:
+    """Run the model at batch 1 and at a full batch so the first requests pay no lazy init."""
+    from PIL import Image
+
+    size = detector.config.preprocess.img_size
+    blank = Image.new("RGB", (size, size), (127, 127, 127))
+    for n in (1, min(batch_size, 8)):
+        detector.probabilities([blank] * n)
+
+
+@bentoml.service(
+    name="fakelens-model",
+    workers=1,
+    resources={"gpu": 1} if GPU else {"cpu": "1"},
+    traffic={"timeout": SETTINGS.timeout_s},
+)
+class DetectorModel:
+    def __init__(self) -> None:
+        self.detector = load_detector(SETTINGS.model, SETTINGS.backend, SETTINGS.device)
+        warm_up(self.detector, SETTINGS.max_batch_size)
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return getattr(self, "ready", False)
+
+    @bentoml.api(
+        batchable=SETTINGS.batching,
+        max_batch_size=max(2, SETTINGS.max_batch_size),
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def score(self, views: list[np.ndarray]) -> list[float]:
+        """Each item is one image's V x 3 x S x S views; returns calibrated probabilities."""
+        BATCH_SIZE.observe(len(views))
+        counts = [len(v) for v in views]
+        with BATCH_SECONDS.time():
+            logits = self.detector.view_logits(torch.from_numpy(np.concatenate(views)))
+        return calibrated_probability(average_views(logits, counts), self.detector.config.temperature).tolist()
+
+    @bentoml.api
+    def describe(self) -> dict:
+        return {"config": self.detector.config.to_dict(), "info": self.detector.info}
+
+
+@bentoml.service(
+    name="fakelens",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+)
+class Detector:
+    model = bentoml.depends(DetectorModel)
+
+    def __init__(self) -> None:
+        self.config: DetectorConfig | None = None
+        self.model_info: dict = {}
+        self._lock = asyncio.Lock()
+
+    async def __is_ready__(self) -> bool:
+        try:
+            await self.described()
+        except Exception:
+            return False
+        return True
+
+    async def described(self) -> DetectorConfig:
+        """The model's config (preprocess, threshold, name), fetched once from DetectorModel."""
+        if self.config is None:
+            async with self._lock:
+                if self.config is None:
+                    desc = await self.model.to_async.describe()
+                    info = desc["info"]
+                    self.model_info = {k: info[k] for k in ("name", "version", "backend", "device")}
+                    self.config = DetectorConfig.from_dict(desc["config"])
+        return self.config
+
+    async def prepared(self, path: Path) -> Prepared:
+        cfg = await self.described()
+        data = await anyio.Path(path).read_bytes()
+        return await anyio.to_thread.run_sync(prepare, data, cfg, SETTINGS.max_bytes, SETTINGS.max_pixels)
+
+    async def scores(self, items: list[Prepared]) -> list[float]:
+        if not items:
+            return []
+        views = [p.views for p in items]
+        for attempt in range(LINK_RETRIES + 1):
+            try:
+                return await self.model.to_async.score(views)
+            except aiohttp.ClientConnectionError:
+                # A burst of new connections to the model's unix socket sometimes meets a
+                # closing transport; scoring is idempotent, so retry instead of a 500.
+                if attempt == LINK_RETRIES:
+                    raise Overloaded("the model process did not accept the request; retry shortly") from None
+                await asyncio.sleep(0.05 * (attempt + 1))
+            except bentoml.exceptions.BentoMLException as e:
+                if int(e.error_code) in (429, 503, 504):
+                    raise Overloaded("the model is overloaded; retry after the Retry-After seconds") from None
+                raise
+        raise AssertionError("unreachable")
+
+    @bentoml.api(route="/detect")
+    async def detect(self, image: Path) -> dict:
+        """Score one image (multipart field `image`): label, calibrated score, threshold, facts."""
+        start = time.perf_counter()
+        try:
+            item = await self.prepared(image)
+            [score] = await self.scores([item])
+        except ServiceError as err:
+            return error_response(err)
+        out = verdict(score, item.facts, self.config, self.model_info)
+        out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
+
+    @bentoml.api(route="/detect_batch")
+    async def detect_batch(self, images: list[Path]) -> dict:
+        """Score several images (repeated multipart field `images`); a bad item gets its own error."""
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(*(self.prepared(p) for p in images), return_exceptions=True)
+        for o in outcomes:
+            if isinstance(o, BaseException) and not isinstance(o, ServiceError):
+                raise o
+        good = [o for o in outcomes if isinstance(o, Prepared)]
+        try:
+            scores = iter(await self.scores(good))
+        except ServiceError as err:
+            return error_response(err)
+        results = [item_error(o) if isinstance(o, ServiceError) else verdict(next(scores), o.facts, self.config,
+                                                                              self.model_info) for o in outcomes]
+        return {"results": results, "elapsed_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+
+Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)

@@ -1,0 +1,311 @@
+"""The detection service end to end: one real `fakelens serve` (bentoml serve) on 127.0.0.1.
+
+The server runs the tiny checkpoint with API keys on and small byte/pixel limits, so one
+start covers auth, limits, bad inputs, unusual images, batching and score parity.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.preprocess import decode_image
+from models.runtime import load_detector
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parent.parent
+KEY = "test-key-1"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LIMITS = {"FAKELENS_MAX_BYTES": "1000000", "FAKELENS_MAX_PIXELS": "2000000", "FAKELENS_MAX_BATCH_ITEMS": "20"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the server's process group (the arbiter stops its workers), then make sure."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    for child in tree:  # workers run in their own process groups
+        if child.is_running():
+            child.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint, tmp_path_factory):
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, **LIMITS, "FAKELENS_API_KEYS": f"{KEY},other-key", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_checkpoint),
+           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready after 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop(proc)
+
+
+@pytest.fixture(scope="session")
+def http(server):
+    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as client:
+        yield client
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def noise(w: int, h: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def gradient(w: int, h: int) -> Image.Image:
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None, None]
+    return Image.fromarray(np.broadcast_to((x + y) / 2, (h, w, 3)).astype(np.uint8))
+
+
+def exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    return encode(noise(48, 36, 3), "JPEG", exif=exif)
+
+
+def multipage_tiff() -> bytes:
+    buf = io.BytesIO()
+    noise(40, 40, 4).save(buf, format="TIFF", save_all=True, append_images=[noise(40, 40, 5)])
+    return buf.getvalue()
+
+
+def animated(fmt: str) -> bytes:
+    frames = [noise(40, 40, s) for s in (6, 7, 8)]
+    return encode(frames[0], fmt, save_all=True, append_images=frames[1:], duration=50, loop=0)
+
+
+def valid_images() -> dict[str, tuple[bytes, int]]:
+    """name -> (file bytes, frames the service should report)."""
+    arr16 = (np.arange(48 * 40, dtype=np.uint16).reshape(40, 48) * 30).astype(np.uint16)
+    return {
+        "cmyk.jpg": (encode(noise(50, 40, 1).convert("CMYK"), "JPEG"), 1),
+        "gray16.png": (encode(Image.fromarray(arr16), "PNG"), 1),
+        "gray.png": (encode(noise(40, 40, 2).convert("L"), "PNG"), 1),
+        "palette.png": (encode(noise(40, 40, 2).convert("P"), "PNG"), 1),
+        "alpha.png": (encode(noise(40, 40, 2).convert("RGBA"), "PNG"), 1),
+        "rotated.jpg": (exif_rotated(), 1),
+        "photo.webp": (encode(noise(40, 40, 9), "WEBP"), 1),
+        "photo.bmp": (encode(noise(40, 40, 9), "BMP"), 1),
+        "photo.tiff": (encode(noise(40, 40, 9), "TIFF"), 1),
+        "png_named.jpg": (encode(noise(40, 40, 10), "PNG"), 1),
+        "animated.gif": (animated("GIF"), 3),
+        "animated.webp": (animated("WEBP"), 3),
+        "pages.tiff": (multipage_tiff(), 2),
+        "tiny.png": (encode(noise(5, 7, 11), "PNG"), 1),
+        "large.jpg": (encode(gradient(1400, 1000), "JPEG", quality=80), 1),
+    }
+
+
+def truncated(fmt: str) -> bytes:
+    data = encode(noise(64, 64, 12), fmt)
+    return data[: len(data) // 2]
+
+
+def archive() -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("a.jpg", encode(noise(8, 8), "JPEG"))
+    return buf.getvalue()
+
+
+BAD_FILES = {
+    "empty.jpg": (b"", 400, "empty"),
+    "text.jpg": (b"just some text, not pixels\n" * 4, 415, "not_image"),
+    "drawing.svg": (b"<svg xmlns='http://www.w3.org/2000/svg' width='9' height='9'></svg>", 415, "not_image"),
+    "page.png": (b"<!DOCTYPE html><html><body>hi</body></html>", 415, "not_image"),
+    "photos.jpg": (archive(), 415, "not_image"),
+    "cut.jpg": (truncated("JPEG"), 422, "truncated"),
+    "cut.png": (truncated("PNG"), 422, "truncated"),
+    "bomb.png": (encode(Image.new("1", (2000, 1500)), "PNG"), 413, "too_many_pixels"),
+}
+
+
+def test_detect_returns_verdict(http):
+    data = encode(noise(80, 60), "JPEG")
+    r = http.post("/detect", files={"image": ("a.jpg", data, "image/jpeg")})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["label"] in ("real", "synthetic") and 0.0 <= body["score"] <= 1.0
+    assert body["label"] == ("synthetic" if body["score"] >= body["threshold"] else "real")
+    assert body["model"]["name"] == "fakelens-detector" and body["model"]["backend"] == "eager"
+    assert body["image"] == {"format": "JPEG", "width": 80, "height": 60, "frames": 1}
+    assert body["elapsed_ms"] > 0
+
+
+@pytest.mark.parametrize("name", list(BAD_FILES))
+def test_bad_file_gets_its_4xx(http, name):
+    data, status, kind = BAD_FILES[name]
+    r = http.post("/detect", files={"image": (name, data, "image/jpeg")})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == status and err["kind"] == kind and len(err["message"]) > 20
+
+
+@pytest.mark.parametrize(
+    "kwargs,status,kind",
+    [
+        (dict(files={"picture": ("a.jpg", b"x", "image/jpeg")}), 422, "missing_field"),
+        (dict(data={"image": "http://example.com/a.jpg"}, files={"other": ("o", b"o")}), 422, "not_a_file"),
+        (dict(json={"image": "aGVsbG8="}), 415, "unsupported_media_type"),
+        (dict(content=b"\xff\xd8\xff", headers={"Content-Type": "image/jpeg"}), 415, "unsupported_media_type"),
+        (dict(files={"image": ("big.jpg", os.urandom(1_100_000), "image/jpeg")}), 413, "too_large"),
+        (dict(files=[("image", ("a.png", b"1")), ("image", ("b.png", b"2"))]), 422, "too_many_files"),
+        (dict(content=b"--xx\r\nbroken", headers={"Content-Type": "multipart/form-data; boundary=xx"}),
+         422, "missing_field"),
+    ],
+    ids=["missing-field", "text-value", "json-body", "raw-body", "oversize", "two-files", "broken-multipart"],
+)
+def test_bad_request_shapes(http, kwargs, status, kind):
+    r = http.post("/detect", **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["kind"] == kind
+
+
+def test_server_survives_bad_inputs(http):
+    for name, (data, _, _) in BAD_FILES.items():
+        http.post("/detect", files={"image": (name, data)})
+    assert http.get("/livez").status_code == 200
+    r = http.post("/detect", files={"image": ("ok.png", encode(noise(20, 20), "PNG"))})
+    assert r.status_code == 200
+
+
+def test_unusual_images_scored_and_match_model(http, tiny_checkpoint):
+    images = valid_images()
+    detector = load_detector(tiny_checkpoint, "eager", "cpu")
+    expected = detector.probabilities([decode_image(data)[0] for data, _ in images.values()])
+    for (name, (data, frames)), want in zip(images.items(), expected, strict=True):
+        r = http.post("/detect", files={"image": (name, data, "image/jpeg")})
+        assert r.status_code == 200, (name, r.text)
+        body = r.json()
+        assert body["score"] == pytest.approx(want, abs=1e-5), name
+        assert body["image"]["frames"] == frames, name
+        assert ("note" in body["image"]) == (frames > 1), name
+
+
+def test_batch_items_fail_alone_and_keep_order(http, tiny_checkpoint):
+    good = [encode(noise(30 + i, 30, 20 + i), "PNG") for i in range(3)]
+    parts = [good[0], BAD_FILES["text.jpg"][0], good[1], BAD_FILES["cut.jpg"][0], good[2]]
+    r = http.post("/detect_batch", files=[("images", (f"f{i}.bin", d)) for i, d in enumerate(parts)])
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [res.get("error", {}).get("code") for res in results] == [None, 415, None, 422, None]
+    want = load_detector(tiny_checkpoint, "eager", "cpu").probabilities([decode_image(d)[0] for d in good])
+    got = [results[i]["score"] for i in (0, 2, 4)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_batch_item_limit(http):
+    r = http.post("/detect_batch", files=[("images", (f"{i}.png", b"x")) for i in range(21)])
+    assert r.status_code == 413 and "at most 20" in r.json()["error"]["message"]
+
+
+def test_bentoml_client_calls_both_endpoints(server, tmp_path, tiny_checkpoint):
+    import bentoml
+
+    a, b = tmp_path / "a.png", tmp_path / "b.jpg"
+    noise(33, 44, 30).save(a)
+    noise(50, 20, 31).save(b)
+    want = load_detector(tiny_checkpoint, "eager", "cpu").probabilities([decode_image(p)[0] for p in (a, b)])
+    with bentoml.SyncHTTPClient(server, token=KEY, timeout=60) as client:
+        one = client.detect(image=a)
+        both = client.detect_batch(images=[a, b])
+    assert one["score"] == pytest.approx(want[0], abs=1e-5)
+    np.testing.assert_allclose([res["score"] for res in both["results"]], want, atol=1e-5)
+
+
+def test_api_keys(server):
+    files = {"image": ("a.png", encode(noise(20, 20), "PNG"))}
+    assert httpx.post(f"{server}/detect", files=files).status_code == 401
+    wrong = httpx.post(f"{server}/detect", files=files, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    assert httpx.post(f"{server}/detect", files=files, headers={"X-API-Key": "other-key"}).status_code == 200
+    assert httpx.get(f"{server}/docs.json").status_code == 401
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert httpx.get(f"{server}{path}").status_code == 200, path
+
+
+def batch_histogram(http) -> tuple[float, float]:
+    """(model calls, model calls with one image) so far, from the service's own /metrics."""
+    text = http.get("/metrics").text
+    ones = sum(float(v) for v in re.findall(r'^fakelens_model_batch_size_bucket\{.*le="1\.0".*\} (\S+)$', text, re.M))
+    total = sum(float(v) for v in re.findall(r"^fakelens_model_batch_size_count(?:\{.*\})? (\S+)$", text, re.M))
+    return total, ones
+
+
+def test_concurrent_requests_are_batched(http):
+    data = [encode(noise(32, 32, s), "PNG") for s in range(16)]
+
+    def call(d: bytes) -> int:
+        return http.post("/detect", files={"image": ("x.png", d)}).status_code
+
+    total0, ones0 = batch_histogram(http)
+    batched = False
+    for _ in range(4):  # BentoML's dispatcher forces its first ~11 calls to tiny batches
+        with ThreadPoolExecutor(16) as pool:
+            assert set(pool.map(call, data * 3)) == {200}
+        total, ones = batch_histogram(http)
+        if total - total0 > ones - ones0:
+            batched = True
+            break
+    assert batched, "no model call ran more than one image under 16 concurrent clients"
+
+
+def test_openapi_fuzzing_finds_no_server_errors(server):
+    cmd = [str(Path(sys.executable).parent / "st"), "run", f"{server}/docs.json", "-c", "not_a_server_error",
+           "--max-examples", "30", "--phases", "examples,coverage,fuzzing", "-w", "2",
+           "--suppress-health-check", "all", "-H", f"Authorization: Bearer {KEY}", "--request-timeout", "30"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert re.search(r"\d+ generated, \d+ passed", result.stdout), result.stdout[-2000:]
