@@ -28,4 +28,15 @@ timeout 300 "$PY" bench/runtimes.py --device cuda --models vit_small_patch16_224
 # placeholder: start `fakelens serve` on 127.0.0.1 with device=cuda and measure adaptive batching.
 
 # --- training throughput (issue 6) ---
-# placeholder: a few hundred `fakelens train` steps on synthetic data, images/s with AMP.
+# vit_small @ 224 full train steps (AdamW) on in-memory batches: eager fp32/bf16 vs compile
+# bf16, images/s and MFU against the H100/H200 SXM bf16 dense peak; then one real epoch of
+# `fakelens train` (bf16, 8 loader workers) to read data_wait_fraction: is decode the bottleneck?
+timeout 100 "$PY" bench/train_throughput.py --device cuda --sections synthetic --batch-size 128 \
+  --steps 10 --repeats 3 --variants eager-fp32,eager-bf16,compile-bf16 --peak-tflops 989
+TT=$(mktemp -d)
+"$PY" -m service.cli demo-data "$TT/demo" --n 800 >/dev/null
+timeout 60 "$PY" -m training --data "$TT/demo" --out "$TT/run" --model vit_small_patch16_224 --epochs 1 \
+  --batch-size 128 --workers 8 --device cuda --no-progress >/dev/null 2>&1 \
+  && "$PY" -c 'import json,sys; m=json.loads(open(sys.argv[1]).readlines()[-1]); print("# fakelens train epoch (bf16, 8 workers): %.0f img/s, data_wait_fraction %.1f%%" % (m["images_per_s"], 100*m["data_wait_fraction"]))' "$TT/run/metrics.jsonl" \
+  || echo "# fakelens train GPU epoch failed or timed out"
+rm -rf "$TT"

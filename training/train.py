@@ -12,8 +12,12 @@ the RUN/last/ (+ RUN/best/ by val AUC) checkpoints; `last` is also written every
 pure function of (seed, epoch) and each view of (seed, epoch, index), and the RNGs are
 restored). The best model is finally calibrated on the val split.
 
-DistributedDataParallel slots in at three small functions: wrap_model, epoch_batches
-(shard the batch list per rank) and is_main_process (only rank 0 writes).
+Under torchrun (`torchrun --nproc_per_node N -m training ...`) the same loop runs
+DistributedDataParallel: --batch-size stays the *global* batch (each rank takes its slice,
+training/loader.py), the train loss and loader timings are summed over ranks, rank 0
+validates and broadcasts the metrics, and only rank 0 writes checkpoints, metrics.jsonl
+and the calibration while the others wait (training/distributed.py). Checkpoints hold the
+unwrapped module and the global data position, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -32,16 +36,25 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from models.atomic import resolve_dir
 from models.checkpoint import CONFIG, WEIGHTS, load_model_dir
 from models.config import DetectorConfig, PreprocessConfig
-from models.preprocess import decode_image
 from models.runtime import Detector, ModuleBackend, resolve_device
-from training.augment import AugmentConfig, train_view
+from training import distributed
+from training.augment import AugmentConfig
 from training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from training.data import Sample, fingerprint, list_samples
+from training.loader import (
+    LoaderConfig,
+    RankBatches,
+    TrainDataset,
+    WaitClock,
+    epoch_batches,
+    make_loader,
+    per_rank_batch,
+    timed,
+)
 from training.optim import EMA, build_optimizer, build_scheduler
 from training.pretrained import build_model
 from training.train_config import TrainConfig
@@ -50,52 +63,6 @@ log = logging.getLogger("fakelens.train")
 
 
 # ---- data ---------------------------------------------------------------------------------
-
-class TrainDataset(Dataset):
-    """Items are keyed by (epoch, index) so a view depends only on (seed, epoch, index)."""
-
-    def __init__(self, samples: list[Sample], pre: PreprocessConfig, aug: AugmentConfig, seed: int):
-        self.samples, self.pre, self.aug, self.seed = samples, pre, aug, seed
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, i = key
-        s = self.samples[i]
-        try:
-            img, _ = decode_image(s.path)
-        except (ValueError, OSError) as e:  # ImageError is a ValueError; OSError: unreadable file
-            return None, float(s.label), (s.path, str(e))
-        rng = np.random.default_rng([self.seed, epoch, i])
-        return torch.from_numpy(train_view(img, self.pre, self.aug, rng)), float(s.label), None
-
-
-def collate(items):
-    """Stack the decodable items; pass the (path, error) of the others on to be reported."""
-    good = [(x, y) for x, y, err in items if err is None]
-    errors = [err for _, _, err in items if err is not None]
-    if not good:
-        return torch.zeros(0), torch.zeros(0), errors
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good], dtype=torch.float32), errors
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[tuple[int, int]]]:
-    """The epoch's batches of (epoch, index) keys: a permutation fixed by (seed, epoch).
-
-    The last partial batch is dropped (a batch of 1 breaks BatchNorm) unless it is the only one.
-    """
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(n, generator=g).tolist()
-    count = max(1, n // batch_size)
-    return [[(epoch, i) for i in order[b * batch_size : (b + 1) * batch_size]] for b in range(count)]
-
-
-def make_loader(dataset: Dataset, batches: list, workers: int) -> DataLoader:
-    # An explicit generator keeps the loader from drawing on the global torch RNG.
-    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                      generator=torch.Generator().manual_seed(0), pin_memory=torch.cuda.is_available())
-
 
 def _describe(samples: list[Sample]) -> str:
     real = sum(s.label == 0 for s in samples)
@@ -151,28 +118,71 @@ def set_train_mode(model: torch.nn.Module, frozen_backbone: bool) -> None:
     # A frozen backbone keeps its BatchNorm statistics and dropout off, like at eval time.
     model.train(not frozen_backbone)
     if frozen_backbone:
-        model.get_classifier().train()
+        unwrap(model).get_classifier().train()
 
 
-def wrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Where DistributedDataParallel would wrap the model."""
+def is_convolutional(model: torch.nn.Module) -> bool:
+    """More than a patch-embedding convolution: channels-last memory pays off for such models."""
+    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
+
+
+def use_channels_last(cfg: TrainConfig, model: torch.nn.Module, device: str) -> bool:
+    if cfg.channels_last is not None:
+        return cfg.channels_last
+    return device == "cuda" and is_convolutional(model)
+
+
+def enable_grad_checkpointing(model: torch.nn.Module, arch: str) -> None:
+    """Recompute activations in backward (timm's per-block checkpointing): big ViTs fit larger batches."""
+    fn = getattr(model, "set_grad_checkpointing", None)
+    if not callable(fn):
+        raise ValueError(f"--grad-checkpointing: the timm model {arch!r} does not support it; drop the flag")
+    fn(True)
+
+
+def wrap_model(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.nn.Module:
+    """DistributedDataParallel under torchrun, then torch.compile when asked for."""
+    info = distributed.current()
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # static_graph lets DDP work with (reentrant) activation checkpointing.
+        model = DistributedDataParallel(model, device_ids=[info.local_rank] if device == "cuda" else None,
+                                        static_graph=cfg.grad_checkpointing)
+    if cfg.compile:
+        model = torch.compile(model)
     return model
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
+    """The plain timm module inside torch.compile and DDP wrappers (what checkpoints hold)."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def grad_sync(model: torch.nn.Module, sync: bool):
+    """DDP's no_sync() while accumulating: gradients are all-reduced once per optimizer step."""
+    if sync or not hasattr(model, "no_sync"):
+        return contextlib.nullcontext()
+    return model.no_sync()
 
 
 def is_main_process() -> bool:
     """Only the main process writes checkpoints, metrics and logs (rank 0 under DDP)."""
-    return True
+    return distributed.is_main_process()
 
 
 def amp_settings(amp: str, device: str) -> tuple[torch.dtype | None, bool]:
     """(autocast dtype or None, whether to use a GradScaler)."""
     if amp == "auto":
         # bf16 is a clear win on GPUs; on CPUs it is often no faster and costs precision.
-        amp = "bf16" if device == "cuda" else "none"
+        # GPUs without bf16 (before Ampere) get fp16 with a GradScaler instead.
+        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "none"
     if amp == "fp16" and device != "cuda":
         raise ValueError("--amp fp16 needs a CUDA GPU (fp16 training relies on a GradScaler); on CPU use --amp bf16 or none")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp], amp == "fp16"
@@ -215,6 +225,9 @@ class Run:
     dataset: TrainDataset
     val: list[Sample]
     batches_per_epoch: int
+    sampler: RankBatches
+    loader: Any
+    channels_last: bool = False
     progress: Progress = field(default_factory=Progress)
     bad_files: dict[str, str] = field(default_factory=dict)
 
@@ -254,12 +267,23 @@ def setup(cfg: TrainConfig) -> Run:
     # Check everything a person can get wrong before the run folder is touched.
     device = resolve_device(cfg.device)
     amp_dtype, use_scaler = amp_settings(cfg.amp, device)
+    per_rank_batch(cfg.batch_size, distributed.from_env().world_size)
     train_samples, val = load_splits(cfg.data)
+    info = distributed.init(device)
     run_dir = prepare_run_dir(cfg)
+    distributed.barrier()  # the run folder exists before any rank reads or writes it
     seed_everything(cfg.seed)
     log.info("data %s: train %s; val %s", cfg.data, _describe(train_samples), _describe(val))
+    if info.enabled:
+        log.info("DistributedDataParallel: %d processes, global batch %d (%d per process)", info.world_size,
+                 cfg.batch_size, cfg.batch_size // info.world_size)
     det_cfg = dataclasses.replace(detector_config(cfg), data_fingerprint=fingerprint(train_samples + val))
     model = build_model(cfg.model, cfg.pretrained, cfg.pretrained_file, det_cfg).to(device)
+    channels_last = use_channels_last(cfg, model, device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.grad_checkpointing:
+        enable_grad_checkpointing(model, cfg.model)
     zero_head(model)
     if cfg.freeze_backbone:
         freeze_backbone(model)
@@ -271,17 +295,23 @@ def setup(cfg: TrainConfig) -> Run:
     n_fake = sum(s.label for s in train_samples)
     pos_weight = torch.tensor((len(train_samples) - n_fake) / n_fake, device=device)
     aug = AugmentConfig(jpeg_prob=cfg.jpeg_prob, blur_prob=cfg.blur_prob, hflip=cfg.hflip)
+    dataset = TrainDataset(train_samples, det_cfg.preprocess, aug, cfg.seed)
+    sampler = RankBatches(len(train_samples), cfg.batch_size, cfg.seed, info.rank, info.world_size)
+    loader = make_loader(dataset, sampler, LoaderConfig(cfg.workers, cfg.prefetch_factor, pin_memory=device == "cuda"))
     run = Run(
         cfg=cfg, run_dir=run_dir, device=device, det_cfg=det_cfg, model=model, optimizer=optimizer,
         scheduler=scheduler, scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
         ema=EMA(model, cfg.ema_decay) if cfg.ema_decay else None, amp_dtype=amp_dtype,
-        loss_fn=torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight),
-        dataset=TrainDataset(train_samples, det_cfg.preprocess, aug, cfg.seed), val=val,
-        batches_per_epoch=batches_per_epoch,
+        loss_fn=torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), dataset=dataset, val=val,
+        batches_per_epoch=batches_per_epoch, sampler=sampler, loader=loader, channels_last=channels_last,
     )
     if cfg.resume:
         resume(run)
-    run.model = wrap_model(run.model)
+    if info.enabled:
+        # Each rank draws its own dropout/drop-path masks; with one process the restored
+        # stream carries on untouched, so single-process resume stays bit-exact.
+        torch.manual_seed(cfg.seed * 1_000_003 + run.progress.step * 1_009 + info.rank)
+    run.model = wrap_model(run.model, cfg, device)
     return run
 
 
@@ -356,28 +386,37 @@ def train_one_epoch(run: Run) -> tuple[dict[str, float], bool]:
     Returns (stats, stopped_early_by_max_steps).
     """
     cfg, p, model, optimizer = run.cfg, run.progress, run.model, run.optimizer
-    batches = epoch_batches(len(run.dataset), cfg.batch_size, cfg.seed, p.epoch)
-    loader = make_loader(run.dataset, batches[p.batch :], cfg.workers)
+    n_batches = run.batches_per_epoch
+    run.sampler.set_epoch(p.epoch, p.batch)
     set_train_mode(model, cfg.freeze_backbone)
     params = [q for q in model.parameters() if q.requires_grad]
-    autocast = (torch.autocast(run.device, dtype=run.amp_dtype) if run.amp_dtype is not None
+    device_type = torch.device(run.device).type
+    autocast = (torch.autocast(device_type, dtype=run.amp_dtype) if run.amp_dtype is not None
                 else contextlib.nullcontext())
-    loss_sum, images, start = 0.0, 0, time.perf_counter()
-    bar = _progress_bar(cfg, p, len(batches))
-    for k, (x, y, errors) in enumerate(loader, start=p.batch):
+    # The loss stays on the device: a .item() per step would stall the GPU queue.
+    loss_sum, images = torch.zeros((), dtype=torch.float64, device=run.device), 0
+    clock, start = WaitClock(), time.perf_counter()
+    bar = _progress_bar(cfg, p, n_batches)
+    for k, (x, y, errors) in enumerate(timed(run.loader, clock), start=p.batch):
         report_bad_files(run, errors)
         if (k % cfg.accum_steps) == 0:
             optimizer.zero_grad(set_to_none=True)
+        sync = (k + 1) % cfg.accum_steps == 0 or k + 1 == n_batches
+        x, y, weight = _nonempty(run, x, y)
         if len(x):
             x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-            with autocast:
-                logits = model(x).reshape(-1).float()
-            loss = run.loss_fn(logits, y)
-            scaled = loss / cfg.accum_steps
-            (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
-            loss_sum, images = loss_sum + loss.item() * len(y), images + len(y)
+            if run.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with grad_sync(model, sync):
+                with autocast:
+                    logits = model(x).reshape(-1).float()
+                loss = run.loss_fn(logits, y) * weight
+                scaled = loss / cfg.accum_steps
+                (run.scaler.scale(scaled) if run.scaler is not None else scaled).backward()
+            loss_sum += loss.detach() * len(y)
+            images += len(y) if weight else 0
         p.batch = k + 1
-        if p.batch % cfg.accum_steps and p.batch < len(batches):
+        if not sync:
             continue  # keep accumulating gradients
         if run.scaler is not None:
             run.scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -392,16 +431,30 @@ def train_one_epoch(run: Run) -> tuple[dict[str, float], bool]:
         if run.ema is not None:
             run.ema.update(unwrap(model))
         p.step += 1
-        rate = images / max(time.perf_counter() - start, 1e-9)
-        bar.update(p.batch - bar.n)
-        bar.set_postfix(loss=f"{loss_sum / max(images, 1):.4f}", img_s=f"{rate:.1f}")
+        _update_bar(bar, p, loss_sum, images, start)
         if cfg.max_steps is not None and p.step >= cfg.max_steps:
             bar.close()
-            return _epoch_stats(run, loss_sum, images, start), True
-        if cfg.save_every and p.step % cfg.save_every == 0 and p.batch < len(batches):
+            return _epoch_stats(run, loss_sum, images, start, clock), True
+        if cfg.save_every and p.step % cfg.save_every == 0 and p.batch < n_batches:
             save(run, "last")
     bar.close()
-    return _epoch_stats(run, loss_sum, images, start), False
+    return _epoch_stats(run, loss_sum, images, start, clock), False
+
+
+def _nonempty(run: Run, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(x, y, loss weight). A rank whose whole shard failed to decode still joins DDP's
+    gradient all-reduce, with one blank image at loss weight 0; alone, it skips the batch."""
+    if len(x) or not distributed.current().enabled:
+        return x, y, 1.0
+    size = run.det_cfg.preprocess.img_size
+    return torch.zeros(1, 3, size, size), torch.zeros(1), 0.0
+
+
+def _update_bar(bar, p: Progress, loss_sum: torch.Tensor, images: int, start: float) -> None:
+    bar.update(p.batch - bar.n)
+    if not bar.disable and (p.step % 10 == 1):  # the postfix reads the loss: a device sync
+        rate = images / max(time.perf_counter() - start, 1e-9)
+        bar.set_postfix(loss=f"{loss_sum.item() / max(images, 1):.4f}", img_s=f"{rate:.1f}")
 
 
 def _progress_bar(cfg: TrainConfig, p: Progress, total: int):
@@ -411,15 +464,26 @@ def _progress_bar(cfg: TrainConfig, p: Progress, total: int):
                 disable=not (cfg.progress and is_main_process()), leave=False)
 
 
-def _epoch_stats(run: Run, loss_sum: float, images: int, start: float) -> dict[str, float]:
+def _epoch_stats(run: Run, loss_sum: torch.Tensor, images: int, start: float, clock: WaitClock) -> dict[str, float]:
+    """Train loss and throughput over all ranks; data_wait_fraction: the share of the epoch
+    the loop sat waiting for decoded batches (near 0: compute-bound; near 1: the loader is
+    the bottleneck, add --workers)."""
     seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(images, 1), "images_per_s": images / max(seconds, 1e-9), "seconds": seconds}
+    world = distributed.current().world_size
+    loss, images, waited, rank_seconds = distributed.sum_across(
+        [loss_sum.item(), float(images), clock.waited, seconds], run.device)
+    run.bad_files.update(distributed.gather_dicts(run.bad_files))
+    return {"train_loss": loss / max(images, 1), "images_per_s": images / max(seconds, 1e-9), "seconds": seconds,
+            "data_wait_s": waited / world, "data_wait_fraction": waited / max(rank_seconds, 1e-9),
+            "processes": world}
 
 
 def end_epoch(run: Run, stats: dict[str, float], partial: bool) -> bool:
     """Validate, log, checkpoint; returns True when early stopping says stop."""
     p = run.progress
-    metrics, _, _ = validate(run, run.eval_model(), run.det_cfg)
+    # Rank 0 validates; every rank needs the result to take the same early-stopping decision.
+    metrics = validate(run, run.eval_model(), run.det_cfg)[0] if is_main_process() else None
+    metrics = distributed.broadcast_from_main(metrics)
     improved = not partial and metrics["val_auc"] > p.best_auc
     line = {"epoch": p.epoch + 1, "step": p.step, **stats, **metrics,
             "lr": run.optimizer.param_groups[0]["lr"], "skipped_files": len(run.bad_files)}
@@ -486,16 +550,21 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
 
 def train(cfg: TrainConfig) -> TrainResult:
     start = time.perf_counter()
-    run = setup(cfg)
-    p = run.progress
-    while p.epoch < cfg.epochs and not (cfg.max_steps is not None and p.step >= cfg.max_steps):
-        stats, hit_max_steps = train_one_epoch(run)
-        # A max_steps stop on an epoch's last batch still completes that epoch.
-        partial = p.batch < run.batches_per_epoch
-        if end_epoch(run, stats, partial) or hit_max_steps:
-            break
-    best_dir, best_auc = finalize_best(run)
-    if run.bad_files:
+    try:
+        run = setup(cfg)
+        p = run.progress
+        while p.epoch < cfg.epochs and not (cfg.max_steps is not None and p.step >= cfg.max_steps):
+            stats, hit_max_steps = train_one_epoch(run)
+            # A max_steps stop on an epoch's last batch still completes that epoch.
+            partial = p.batch < run.batches_per_epoch
+            if end_epoch(run, stats, partial) or hit_max_steps:
+                break
+        best_dir, best_auc = finalize_best(run)
+        distributed.barrier()  # the other ranks wait for rank 0's calibration
+        main = is_main_process()
+    finally:
+        distributed.shutdown()
+    if run.bad_files and main:
         log.warning("%d unreadable images were skipped (listed above)", len(run.bad_files))
     return TrainResult(run.run_dir, best_dir, best_auc, p.step, p.epoch, dict(run.bad_files),
                        time.perf_counter() - start)

@@ -19,7 +19,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 # Fields that may differ between an interrupted run and its --resume without changing
 # the result (how long to run, how fast to load, where to report).
-RESUMABLE_CHANGES = frozenset({"resume", "workers", "max_steps", "epochs", "patience", "save_every", "progress"})
+# The speed knobs (compile, channels-last, checkpointing) change float rounding, not the run.
+RESUMABLE_CHANGES = frozenset({"resume", "workers", "prefetch_factor", "max_steps", "epochs", "patience", "save_every",
+                               "progress", "compile", "channels_last", "grad_checkpointing"})
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class TrainConfig:
     img_size: int = 224
     crop_mode: str = "crop"
     epochs: int = 10
+    # The global batch: under torchrun each of N processes takes batch_size / N of it.
     batch_size: int = 32
     accum_steps: int = 1
     optimizer: str = "adamw"
@@ -52,7 +55,12 @@ class TrainConfig:
     hflip: bool = True
     seed: int = 0
     workers: int = 0
+    prefetch_factor: int = 2
     device: str = "auto"
+    compile: bool = False
+    # None: on for convolutional models on CUDA (see train.use_channels_last).
+    channels_last: bool | None = None
+    grad_checkpointing: bool = False
     patience: int | None = None
     save_every: int | None = 200
     max_steps: int | None = None
@@ -75,6 +83,7 @@ class TrainConfig:
             (self.layer_decay is None or 0 < self.layer_decay <= 1, f"--layer-decay {self.layer_decay}: must be in (0, 1]"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, f"--ema-decay {self.ema_decay}: must be in (0, 1)"),
             (self.workers >= 0, f"--workers {self.workers}: must be >= 0"),
+            (self.prefetch_factor >= 1, f"--prefetch-factor {self.prefetch_factor}: must be >= 1"),
             (self.save_every is None or self.save_every >= 1, f"--save-every {self.save_every}: must be >= 1"),
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps {self.max_steps}: must be >= 1"),
             (self.patience is None or self.patience >= 1, f"--patience {self.patience}: must be >= 1"),
