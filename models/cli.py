@@ -33,9 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _val_samples(data: str) -> list[tuple[str, int]]:
-    # NOTE: the one place models/ reaches into training/: dataset listing lives there and this
-    # is a CLI entry point (a composition root), not library code.
-    from training.data import list_samples
+    from models.dataset import list_samples
 
     samples = list_samples(data, split="val")
     if not samples:

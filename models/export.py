@@ -39,6 +39,7 @@ from models.metadata import (
     set_onnx_metadata,
     write_metadata,
 )
+from models.metrics import roc_auc
 from models.parity import ParityResult, compare, parity_batches, raise_on_failure, run_all
 
 # The same rule BentoML applies to tag versions, checked up front for a clearer message.
@@ -161,17 +162,6 @@ def check_parity(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, name
             continue
         results.append(compare(name, reference, candidate, cfg.temperature))
     return results
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Mann-Whitney AUC with ties counted half (numpy only; sklearn is a dev dependency)."""
-    labels = np.asarray(labels).astype(bool)
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
 def variant_auc_changes(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, names: Sequence[str],

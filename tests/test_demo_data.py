@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models.dataset import list_samples
+from models.metrics import roc_auc
 from service.cli import main
-from training.data import list_samples
 from training.demo_data import SIZE_RANGE, write_demo_dataset
-from training.metrics import roc_auc
 
 
 def _files(root):

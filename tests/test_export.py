@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import models.export as export_mod
-from models.export import ExportOptions, export_model, roc_auc
+from models.export import ExportOptions, export_model
 from models.parity import ParityError
 from models.preprocess import decode_image
 from models.runtime import load_detector
@@ -116,10 +116,6 @@ def test_auc_change_is_measured_on_validation_images(tiny_checkpoint, image_fold
     assert v["val_images"] == len(val)
     assert v["auc_fp32"] == pytest.approx(roc_auc_score([y for _, y in val], probs))
     assert v["auc_change"] == pytest.approx(v["auc"] - v["auc_fp32"])
-
-
-def test_roc_auc_counts_ties_half():
-    assert roc_auc(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.5, 0.5])) == pytest.approx(0.875)
 
 
 def test_cli_refuses_bad_version_and_foreign_out_folder(tiny_checkpoint, tmp_path, capsys):

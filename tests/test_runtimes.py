@@ -105,7 +105,7 @@ def test_missing_variant_and_unknown_backend_are_explained(tiny_checkpoint, expo
 def test_runtime_scores_equal_fakelens_evaluate(name, exported, tiny_checkpoint, image_folder):
     """What `fakelens evaluate` scores (collect_logits on the checkpoint) is what every runtime serves."""
     evaluate = pytest.importorskip("training.evaluate")
-    from training.data import Sample
+    from models.dataset import Sample
 
     samples = [Sample(str(p), i % 2) for i, p in enumerate(image_files(image_folder))]
     reference, _, _, _ = evaluate.collect_logits(load_detector(tiny_checkpoint, backend="eager", device="cpu"),

@@ -17,8 +17,8 @@ import math
 import numpy as np
 
 from models.config import DetectorConfig
+from models.metrics import binary_report
 from models.preprocess import calibrated_probability
-from training.metrics import binary_report
 
 # Temperatures outside this range mean the logits carry almost no signal or are wildly
 # overconfident; clamping keeps a bad fit from producing inf/0 probabilities downstream.

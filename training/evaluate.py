@@ -29,11 +29,11 @@ from PIL import Image
 from models.atomic import atomic_write, atomic_write_text
 from models.checkpoint import CONFIG, WEIGHTS
 from models.config import DetectorConfig
+from models.dataset import SPLITS, Sample, list_samples
+from models.metrics import binary_report, group_reports
 from models.preprocess import ImageError, calibrated_probability, decode_image
 from models.runtime import Detector, load_detector
 from training.calibrate import calibrate, is_calibrated
-from training.data import SPLITS, Sample, list_samples
-from training.metrics import binary_report, group_reports
 
 Transform = Callable[[Image.Image], Image.Image]
 DECODE_WORKERS = 2

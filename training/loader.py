@@ -21,9 +21,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from models.config import PreprocessConfig
+from models.dataset import Sample
 from models.preprocess import decode_image
 from training.augment import AugmentConfig, train_view
-from training.data import Sample
 
 
 class TrainDataset(Dataset):

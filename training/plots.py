@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from models.atomic import atomic_write
-from training.metrics import ECE_BINS, reliability_bins, roc_auc, roc_curve
+from models.metrics import ECE_BINS, reliability_bins, roc_auc, roc_curve
 
 
 def _save(fig, path: Path) -> None:

@@ -40,11 +40,11 @@ import torch
 from models.atomic import resolve_dir
 from models.checkpoint import CONFIG, WEIGHTS, load_model_dir
 from models.config import DetectorConfig, PreprocessConfig
+from models.dataset import Sample, fingerprint, list_samples
 from models.runtime import Detector, ModuleBackend, resolve_device
 from training import distributed
 from training.augment import AugmentConfig
 from training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from training.data import Sample, fingerprint, list_samples
 from training.loader import (
     LoaderConfig,
     RankBatches,
@@ -354,8 +354,8 @@ def save(run: Run, name: str) -> None:
 
 def validate(run: Run, model: torch.nn.Module, det_cfg: DetectorConfig) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Val AUC and loss through the service's own preprocessing; (metrics, logits, labels)."""
+    from models.metrics import roc_auc
     from training.evaluate import collect_logits
-    from training.metrics import roc_auc
 
     detector = Detector(config=det_cfg, backend=ModuleBackend(model, run.device), source="training")
     logits, labels, _, errors = collect_logits(detector, run.val, run.cfg.val_batch_size)
