@@ -25,7 +25,10 @@ timeout 300 "$PY" bench/runtimes.py --device cuda --models vit_small_patch16_224
   --batches 1,8,32 --repeats 3 --seconds 1.0
 
 # --- serve (issue 4) ---
-# placeholder: start `fakelens serve` on 127.0.0.1 with device=cuda and measure adaptive batching.
+# The service with its model process on the GPU (FAKELENS_DEVICE=cuda, inherited by the
+# servers the bench starts), adaptive batching on vs off, 1/8/32 clients on 127.0.0.1.
+FAKELENS_DEVICE=cuda timeout 240 "$PY" -m bench.serve_load --requests 300 --rounds 3 \
+  --servers batched,unbatched --concurrency 1,8,32 || echo "# serve bench failed or timed out"
 
 # --- training throughput (issue 6) ---
 # vit_small @ 224 full train steps (AdamW) on in-memory batches: eager fp32/bf16 vs compile

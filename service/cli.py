@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 SUBCOMMAND_MODULES = (
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # OpenMP threads spin while waiting by default; on a shared or CPU-limited host (a busy
+    # node, a k8s pod) that made a 2-thread torch process ~30x slower here (see
+    # docs/performance-training.md). Passive waiting costs little when the cores are free.
+    # Set before torch is imported (subcommands import it lazily); the user's value wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
