@@ -56,6 +56,8 @@ def test_loss_goes_down_and_run_folder_is_complete(demo, tmp_path):
     assert best.preprocess.img_size == 32 and best.preprocess.crop_mode == "crop"
     assert best.temperature != 1.0 and 0 < best.threshold < 1 and best.version and best.data_fingerprint
     assert best.metrics["val_auc"] == pytest.approx(result.best_auc) == pytest.approx(max(m["val_auc"] for m in lines))
+    best_line = next(m for m in lines if m["val_auc"] == max(x["val_auc"] for x in lines))
+    assert (best.metrics["epoch"], best.metrics["step"]) == (best_line["epoch"], best_line["step"])
     # The calibrated folder loads in the runtime the service uses.
     det = load_detector(run, backend="eager", device="cpu")
     assert det.config.version == best.version

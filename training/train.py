@@ -41,10 +41,13 @@ from models.atomic import resolve_dir
 from models.checkpoint import CONFIG, WEIGHTS, load_model_dir
 from models.config import DetectorConfig, PreprocessConfig
 from models.dataset import Sample, fingerprint, list_samples
+from models.metrics import roc_auc
 from models.runtime import Detector, ModuleBackend, resolve_device
 from training import distributed
 from training.augment import AugmentConfig
+from training.calibrate import calibrate
 from training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from training.evaluate import collect_logits
 from training.loader import (
     LoaderConfig,
     RankBatches,
@@ -205,6 +208,8 @@ class Progress:
     step: int = 0  # optimizer steps taken
     best_auc: float = -math.inf
     bad_epochs: int = 0
+    best_epoch: int = 0  # epoch (1-based) and step that best/ holds
+    best_step: int = 0
 
 
 @dataclass
@@ -354,8 +359,6 @@ def save(run: Run, name: str) -> None:
 
 def validate(run: Run, model: torch.nn.Module, det_cfg: DetectorConfig) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Val AUC and loss through the service's own preprocessing; (metrics, logits, labels)."""
-    from models.metrics import roc_auc
-    from training.evaluate import collect_logits
 
     detector = Detector(config=det_cfg, backend=ModuleBackend(model, run.device), source="training")
     logits, labels, _, errors = collect_logits(detector, run.val, run.cfg.val_batch_size)
@@ -492,6 +495,7 @@ def end_epoch(run: Run, stats: dict[str, float], partial: bool) -> bool:
         # A max_steps stop keeps the saved position mid-epoch so --resume carries on;
         # it only writes best/ when there is none, so short smoke runs leave a usable model.
         if resolve_dir(run.run_dir / "best") is None:
+            p.best_epoch, p.best_step = p.epoch + 1, p.step
             save(run, "best")
         save(run, "last")
     else:
@@ -500,6 +504,7 @@ def end_epoch(run: Run, stats: dict[str, float], partial: bool) -> bool:
         p.epoch, p.batch = p.epoch + 1, 0
         # best before last: a crash between the two replays this epoch end on resume.
         if improved:
+            p.best_epoch, p.best_step = p.epoch, p.step
             save(run, "best")
         save(run, "last")
     append_metrics(run, line)
@@ -527,8 +532,6 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
 
     Returns (best folder, its val AUC).
     """
-    from training.calibrate import calibrate
-
     best_dir = resolve_dir(run.run_dir / "best")
     if best_dir is None or not is_main_process():
         return best_dir, run.progress.best_auc
@@ -539,7 +542,7 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
         calibrated,
         version=model_version(best_dir / WEIGHTS),
         data_fingerprint=run.det_cfg.data_fingerprint,
-        metrics={**calibrated.metrics, **metrics, "epoch": run.progress.epoch, "step": run.progress.step,
+        metrics={**calibrated.metrics, **metrics, "epoch": run.progress.best_epoch, "step": run.progress.best_step,
                  "n_train": len(run.dataset), "n_val": len(run.val)},
     )
     calibrated.save(best_dir / CONFIG)
