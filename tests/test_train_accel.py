@@ -1,7 +1,7 @@
 """The speed knobs of `fakelens train` on CPU: they must change how fast a run goes, not what it learns.
 
 channels-last, gradient checkpointing and persistent loader workers are exercised on a
-tiny BatchNorm CNN (the GPU turns channels-last on by itself for such models); torch.compile
+tiny BatchNorm CNN (channels-last is on by default for such models); torch.compile
 is only checked for wrapping (compiling even a tiny model costs tens of seconds on 2 cores;
 bench/train_throughput.py measures it).
 """
@@ -70,12 +70,12 @@ def test_grad_checkpointing_trains_the_same_vit(demo, tmp_path):
     _assert_close(tmp_path / "plain", tmp_path / "ckpt", atol=1e-5)
 
 
-def test_channels_last_defaults_to_conv_models_on_cuda():
+def test_channels_last_defaults_to_conv_models():
     vit, resnet = build_network(tiny_config()), build_network(tiny_config().__class__(arch="test_resnet"))
     assert is_convolutional(resnet) and not is_convolutional(vit)
     c = TrainConfig(data="d", out="o")
     assert use_channels_last(c, resnet, "cuda") and not use_channels_last(c, vit, "cuda")
-    assert not use_channels_last(c, resnet, "cpu")
+    assert use_channels_last(c, resnet, "cpu") and not use_channels_last(c, vit, "cpu")
     assert use_channels_last(TrainConfig(data="d", out="o", channels_last=True), vit, "cpu")
 
 

@@ -72,7 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first steps, faster after)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels-last memory format (default: on for convolutional models on CUDA)")
+                   help="channels-last memory format (default: on for convolutional models)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in backward (timm set_grad_checkpointing): less memory, ~30%% slower; "
                         "meant for big ViTs (BatchNorm models would update their running statistics twice per step)")

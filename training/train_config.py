@@ -58,7 +58,7 @@ class TrainConfig:
     prefetch_factor: int = 2
     device: str = "auto"
     compile: bool = False
-    # None: on for convolutional models on CUDA (see train.use_channels_last).
+    # None: on for convolutional models (see train.use_channels_last).
     channels_last: bool | None = None
     grad_checkpointing: bool = False
     patience: int | None = None
