@@ -53,6 +53,16 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def demo(tmp_path_factory):
+    """60 images of the built-in demo dataset (folder layout + manifest.csv); read-only."""
+    from training.demo_data import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo")
+    write_demo_dataset(root, n=60, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
 def image_folder(tmp_path_factory):
     """A folder of small PNG and JPEG images of different sizes."""
     root = tmp_path_factory.mktemp("images")

@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from models.checkpoint import load_model_dir
 from models.config import DetectorConfig
 from tests.conftest import TINY_VIT
-from training.demo_data import write_demo_dataset
 from training.loader import RankBatches, epoch_batches, per_rank_batch
 from training.train import train
 from training.train_config import TrainConfig
@@ -30,13 +29,6 @@ from training.train_config import TrainConfig
 BASE = dict(model="vit_tiny_patch16_224", model_kwargs=dict(TINY_VIT), img_size=32, epochs=2, batch_size=8,
             optimizer="sgd", lr=0.05, jpeg_prob=0.0, blur_prob=0.0, hflip=False, device="cpu", progress=False,
             save_every=1_000_000, seed=3)
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(root, n=60, seed=2)
-    return root
 
 
 def cfg(data, out, **over) -> TrainConfig:

@@ -20,13 +20,6 @@ from training.train import train
 from training.train_config import TrainConfig
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(root, n=60, seed=0)
-    return root
-
-
 def tiny(data, out, **over) -> TrainConfig:
     base = dict(data=str(data), out=str(out), model="vit_tiny_patch16_224", model_kwargs=dict(TINY_VIT), img_size=32,
                 epochs=1, batch_size=8, lr=1e-3, device="cpu", progress=False, save_every=None)

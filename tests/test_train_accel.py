@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 from models.checkpoint import load_model_dir
 from models.network import build_network
 from tests.conftest import TINY_VIT, tiny_config
-from training.demo_data import write_demo_dataset
 from training.train import (
     enable_grad_checkpointing,
     is_convolutional,
@@ -27,13 +26,6 @@ from training.train import (
     wrap_model,
 )
 from training.train_config import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(root, n=60, seed=4)
-    return root
 
 
 def cnn(data, out, **over) -> TrainConfig:

@@ -10,16 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TINY_VIT
-from training.demo_data import write_demo_dataset
 from training.train import train
 from training.train_config import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    write_demo_dataset(root, n=60, seed=1)
-    return root
 
 
 def cfg(data, out, **over) -> TrainConfig:
