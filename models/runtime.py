@@ -115,8 +115,13 @@ class ModuleBackend:
 @register_backend("eager")
 def eager_backend(source: Path, cfg: DetectorConfig, device: str) -> ModuleBackend:
     """The PyTorch model from a checkpoint folder (model.safetensors + detector.json)."""
-    from models.checkpoint import load_model_dir
+    from models.checkpoint import WEIGHTS, load_model_dir
 
+    if not (Path(source) / WEIGHTS).is_file() and (Path(source) / "model.onnx").is_file():
+        raise ValueError(
+            f"{source} is an export folder: it holds no PyTorch weights for backend 'eager'; "
+            f"use backend 'onnx', 'openvino' or 'torchscript', or point at the training run folder"
+        )
     model, _ = load_model_dir(source)
     return ModuleBackend(model.to(device), device)
 

@@ -99,6 +99,8 @@ def test_missing_variant_and_unknown_backend_are_explained(tiny_checkpoint, expo
         load_detector(tiny_checkpoint, backend="onnx", device="cpu")
     with pytest.raises(ValueError, match="choose one of"):
         load_detector(exported, backend="tensorrt", device="cpu")
+    with pytest.raises(ValueError, match="export folder.*'onnx'"):
+        load_detector(exported, backend="eager", device="cpu")
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
