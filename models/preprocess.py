@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from models.config import PreprocessConfig
@@ -176,13 +175,6 @@ def eval_views(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
     tops = tile_origins(arr.shape[0], s, per_axis)
     lefts = tile_origins(arr.shape[1], s, per_axis)
     return np.stack([normalize(crop_or_pad(arr, s, t, x), pre) for t in tops for x in lefts])
-
-
-def batch_views(images: list[Image.Image], pre: PreprocessConfig) -> tuple[torch.Tensor, list[int]]:
-    """Stack every image's views into one batch; counts[i] is how many views image i has."""
-    views = [eval_views(img, pre) for img in images]
-    counts = [v.shape[0] for v in views]
-    return torch.from_numpy(np.concatenate(views)), counts
 
 
 def average_views(view_logits: np.ndarray, counts: list[int]) -> np.ndarray:

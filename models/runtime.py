@@ -22,7 +22,7 @@ from PIL import Image
 
 from models import backends as _backends
 from models.config import DetectorConfig
-from models.preprocess import average_views, batch_views, calibrated_probability
+from models.preprocess import average_views, calibrated_probability, eval_views
 
 
 class Backend(Protocol):
@@ -67,12 +67,21 @@ class Detector:
     def view_logits(self, batch: torch.Tensor) -> np.ndarray:
         return np.asarray(self.backend(batch), dtype=np.float64).reshape(-1)
 
+    def logits_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-image raw logits from already-cut views (one V x 3 x S x S array per image),
+        run as one batch and averaged over each image's views. The service and the scorer
+        cut views in their decode workers and call this on the model side."""
+        if not views:
+            return np.zeros(0)
+        batch = torch.from_numpy(np.concatenate(views))
+        return average_views(self.view_logits(batch), [len(v) for v in views])
+
+    def probabilities_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        return calibrated_probability(self.logits_from_views(views), self.config.temperature)
+
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw (uncalibrated) per-image logits, averaged over each image's views."""
-        if not images:
-            return np.zeros(0)
-        batch, counts = batch_views(list(images), self.config.preprocess)
-        return average_views(self.view_logits(batch), counts)
+        return self.logits_from_views([eval_views(img, self.config.preprocess) for img in images])
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Calibrated probability that each image is synthetic."""

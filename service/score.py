@@ -27,8 +27,6 @@ import numpy as np
 from models.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageError,
-    average_views,
-    calibrated_probability,
     decode_image,
     eval_views,
 )
@@ -109,16 +107,8 @@ def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
     """Rows (writers.COLUMNS) for one batch; the model sees every decodable image at once."""
     cfg = detector.config
     ok = [it for it in items if it.views is not None]
-    probs: dict[int, float] = {}
-    if ok:
-        import torch
-
-        batch = torch.from_numpy(np.concatenate([it.views for it in ok]))
-        logits = average_views(detector.view_logits(batch), [it.views.shape[0] for it in ok])
-        probs = {
-            id(it): float(p)
-            for it, p in zip(ok, calibrated_probability(logits, cfg.temperature), strict=True)
-        }
+    scores = detector.probabilities_from_views([it.views for it in ok])
+    probs = {id(it): float(p) for it, p in zip(ok, scores, strict=True)}
     rows = []
     for it in items:
         score = probs.get(id(it))

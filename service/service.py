@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from models.config import DetectorConfig
-from models.preprocess import average_views, calibrated_probability
 from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from service.errors import Overloaded, ServiceError, error_response
@@ -81,10 +80,8 @@ class DetectorModel:
     def score(self, views: list[np.ndarray]) -> list[float]:
         """Each item is one image's V x 3 x S x S views; returns calibrated probabilities."""
         BATCH_SIZE.observe(len(views))
-        counts = [len(v) for v in views]
         with BATCH_SECONDS.time():
-            logits = self.detector.view_logits(torch.from_numpy(np.concatenate(views)))
-        return calibrated_probability(average_views(logits, counts), self.detector.config.temperature).tolist()
+            return self.detector.probabilities_from_views(views).tolist()
 
     @bentoml.api
     def describe(self) -> dict:
