@@ -56,11 +56,22 @@ class DetectorConfig:
     temperature: float = 1.0
     threshold: float = 0.5
     target_fpr: float = 0.05
+    # Probabilities in [low, high) get the label "uncertain" (models/verdict.py); None: no band.
+    uncertain_band: tuple[float, float] | None = None
     name: str = "fakelens-detector"
     version: str = ""
     # Facts recorded at training time: validation metrics, data fingerprint, ...
     metrics: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
+
+    def __post_init__(self) -> None:
+        if self.uncertain_band is not None:
+            low, high = self.uncertain_band
+            if not (0.0 <= low <= self.threshold <= high <= 1.0):
+                raise ValueError(
+                    f"uncertain_band={self.uncertain_band} must satisfy 0 <= low <= threshold "
+                    f"({self.threshold}) <= high <= 1"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -72,6 +83,8 @@ class DetectorConfig:
         for key in ("mean", "std"):
             if key in pre:
                 pre[key] = tuple(pre[key])
+        if d.get("uncertain_band") is not None:
+            d["uncertain_band"] = tuple(float(x) for x in d["uncertain_band"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

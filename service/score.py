@@ -30,6 +30,7 @@ from models.preprocess import (
     decode_image,
     eval_views,
 )
+from models.verdict import label_for
 from service.inputs import fingerprint, read_bytes
 from service.writers import JobHeader, JobState, Progress, open_sink, output_format
 
@@ -112,7 +113,7 @@ def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
     rows = []
     for it in items:
         score = probs.get(id(it))
-        label = None if score is None else ("synthetic" if score >= cfg.threshold else "real")
+        label = None if score is None else label_for(score, cfg)
         rows.append(
             dict(
                 path=it.path,

@@ -12,9 +12,8 @@ import numpy as np
 
 from models.config import DetectorConfig
 from models.preprocess import ImageError, ImageFacts, decode_image, eval_views
+from models.verdict import describe, label_for
 from service.errors import PayloadTooLarge, ServiceError, from_image_error
-
-LABELS = ("real", "synthetic")
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,9 @@ def image_facts(facts: ImageFacts) -> dict:
 def verdict(probability: float, facts: ImageFacts, cfg: DetectorConfig, model: dict) -> dict:
     score = float(probability)
     return {
-        "label": LABELS[int(score >= cfg.threshold)],
+        "label": label_for(score, cfg),
         "score": score,
-        "threshold": cfg.threshold,
+        **describe(cfg),
         "model": model,
         "image": image_facts(facts),
     }
