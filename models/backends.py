@@ -104,6 +104,7 @@ class TorchScriptBackend:
 
     def __init__(self, path: Path, cfg: DetectorConfig, device: str):
         self.name, self.device = "torchscript", device
+        self.input_device = device  # pixel views are normalised on the GPU, after a uint8 copy
         try:
             with warnings.catch_warnings():
                 # torch 2.9+ marks TorchScript deprecated; it is still the fastest eager-free runtime here.

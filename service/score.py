@@ -2,22 +2,26 @@
 
     fakelens score photos/ more.csv -o scores.jsonl --model /tmp/export --batch-size 32 --workers 4
 
-Worker threads read, decode (`models.preprocess.decode_image`) and build each image's
-views (`eval_views`) while the main thread runs the model on the previous batch: both
-Pillow's decoders and the model call (ONNX Runtime / torch) release the GIL, so they
-overlap. At most `prefetch` batches are decoded ahead, which bounds memory. Rows come
+Worker processes (or threads, `--decode threads`) read, decode
+(`models.preprocess.decode_image`) and cut each image's views as uint8 pixels
+(`eval_pixels`) while the main thread normalises the previous batch and runs the model on
+it. Processes by default: decoding holds the GIL for part of its work (Pillow's Python
+side, numpy cropping), and decode threads then starve the thread that feeds the model; a
+uint8 view is only 0.15 MB to send back. At most `prefetch` batches are decoded ahead,
+which bounds memory. Rows come
 out in input order and each batch is committed through `service.writers`, so a killed
 job resumes exactly where it stopped when the same command is run again.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +32,13 @@ from models.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     decode_image,
-    eval_views,
+    eval_pixels,
 )
 from models.verdict import label_for
 from service.inputs import fingerprint, read_bytes
 from service.writers import JobHeader, JobState, Progress, open_sink, output_format
+
+DECODE_MODES = ("processes", "threads")
 
 
 def default_workers() -> int:
@@ -46,6 +52,7 @@ class ScoreOptions:
     device: str = "auto"
     batch_size: int = 32
     workers: int = 0  # 0 = default_workers(); the Ray engine reads it as the actor count
+    decode: str = "processes"  # where the local engine decodes: DECODE_MODES
     prefetch: int = 2  # batches decoded ahead of the model
     only_synthetic: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -57,6 +64,8 @@ class ScoreOptions:
             raise ValueError(f"--batch-size={self.batch_size}; it must be at least 1")
         if self.workers < 0:
             raise ValueError(f"--workers={self.workers}; it must be at least 1 (or 0 for the default)")
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"--decode={self.decode!r}; choose one of {', '.join(DECODE_MODES)}")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels={self.max_pixels}; it must be positive")
 
@@ -99,9 +108,14 @@ def prepare(path: str, pre, max_pixels: int) -> Prepared:
         )
     try:
         img, facts = decode_image(data, max_pixels)
-        return Prepared(path, eval_views(img, pre), facts.width, facts.height)
+        return Prepared(path, eval_pixels(img, pre), facts.width, facts.height)
     except ImageError as e:
         return Prepared(path, None, error=f"{e.kind}: {e}")
+
+
+def prepare_many(paths: Sequence[str], pre, max_pixels: int) -> list[Prepared]:
+    """`prepare` for a slice of a batch: one task per worker and batch keeps IPC per image low."""
+    return [prepare(p, pre, max_pixels) for p in paths]
 
 
 def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
@@ -160,22 +174,38 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     )
 
 
+def decode_pool(mode: str, workers: int) -> Executor:
+    if mode == "threads":
+        return ThreadPoolExecutor(workers, thread_name_prefix="decode")
+    # spawn, not fork: forking a process whose torch/OpenVINO thread pools already run can
+    # deadlock the child; the workers import only Pillow/numpy (models.preprocess skips torch).
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _slices(items: Sequence[str], parts: int) -> list[Sequence[str]]:
+    step = -(-len(items) // parts)
+    return [items[i : i + step] for i in range(0, len(items), step)]
+
+
 def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobState, sink, bar) -> None:
     pre = detector.config.preprocess
     batches = _chunks(todo, opts.batch_size)
-    with ThreadPoolExecutor(opts.workers or default_workers(), thread_name_prefix="decode") as pool:
+    workers = opts.workers or default_workers()
+    # fsspec's memory:// filesystem lives in this process only: workers would not find the files
+    mode = "threads" if any(p.startswith("memory://") for p in todo) else opts.decode
+    with decode_pool(mode, workers) as pool:
         pending: deque[list[Future]] = deque()
 
         def submit_next() -> None:
             chunk = next(batches, None)
             if chunk is not None:
-                pending.append([pool.submit(prepare, p, pre, opts.max_pixels) for p in chunk])
+                pending.append([pool.submit(prepare_many, s, pre, opts.max_pixels) for s in _slices(chunk, workers)])
 
         try:
             for _ in range(opts.prefetch + 1):
                 submit_next()
             while pending:
-                items = [f.result() for f in pending.popleft()]
+                items = [it for f in pending.popleft() for it in f.result()]
                 submit_next()  # decode the next batch while this one is on the model
                 rows = score_prepared(detector, items)
                 kept = [r for r in rows if r["label"] == "synthetic"] if opts.only_synthetic else rows

@@ -33,6 +33,12 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=0, help="decode threads (local) or actors (ray); 0 = auto")
+    p.add_argument(
+        "--decode",
+        choices=("processes", "threads"),
+        default="processes",
+        help="local engine: decode in worker processes (default; no GIL contention with the model) or threads",
+    )
     p.add_argument("--only-synthetic", action="store_true", help="write only rows flagged synthetic")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument(
@@ -57,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         workers=args.workers,
+        decode=args.decode,
         only_synthetic=args.only_synthetic,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
         overwrite=args.overwrite,

@@ -7,6 +7,8 @@ Two BentoML services in one bento:
   `models.runtime.load_detector`, warms it up, and exposes one adaptive-batching method,
   `score(views: list[array]) -> list[probability]`. BentoML merges concurrent calls into
   one model call; the batch sizes run land in the `fakelens_model_batch_size` histogram.
+  Views cross the process hop as uint8 pixels (0.15 MB per 224 view, not 0.6 MB as
+  float32) and are normalised in the model process, on its device (models/preprocess.py).
 
 Settings come from FAKELENS_* environment variables read at import (service/settings.py).
 """
@@ -78,7 +80,7 @@ class DetectorModel:
         max_latency_ms=SETTINGS.max_latency_ms,
     )
     def score(self, views: list[np.ndarray]) -> list[float]:
-        """Each item is one image's V x 3 x S x S views; returns calibrated probabilities."""
+        """Each item is one image's views as V x S x S x 3 pixels; returns calibrated probabilities."""
         BATCH_SIZE.observe(len(views))
         with BATCH_SECONDS.time():
             return self.detector.probabilities_from_views(views).tolist()

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.config import DetectorConfig
-from models.preprocess import ImageError, ImageFacts, decode_image, eval_views
+from models.preprocess import ImageError, ImageFacts, decode_image, eval_pixels
 from models.verdict import describe, label_for
 from service.errors import PayloadTooLarge, ServiceError, from_image_error
 
 
 @dataclass(frozen=True)
 class Prepared:
-    views: np.ndarray  # V x 3 x S x S float32, what the batched model method takes
+    views: np.ndarray  # V x S x S x 3 uint8 pixels (eval_pixels); the model process normalises them
     facts: ImageFacts
 
 
@@ -33,7 +33,7 @@ def prepare(data: bytes, cfg: DetectorConfig, max_bytes: int, max_pixels: int) -
         rgb, facts = decode_image(data, max_pixels=max_pixels)
     except ImageError as e:
         raise from_image_error(e) from None
-    return Prepared(views=eval_views(rgb, cfg.preprocess), facts=facts)
+    return Prepared(views=eval_pixels(rgb, cfg.preprocess), facts=facts)
 
 
 def image_facts(facts: ImageFacts) -> dict:

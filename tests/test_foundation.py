@@ -89,3 +89,30 @@ def test_eager_runtime_scores_and_calibrates(tiny_checkpoint, image_folder):
 def test_unknown_backend_lists_choices(tiny_checkpoint):
     with pytest.raises(ValueError, match="eager"):
         load_detector(tiny_checkpoint, backend="tensorrt")
+
+
+@pytest.mark.parametrize("side", [12, 5])  # cropped (uint8 pixels) and padded (int16, -1 = padding)
+def test_pixel_views_normalise_bit_identically_to_training(side):
+    """The service/scorer send uint8 pixels and normalise next to the model: same numbers as training's
+    per-view `normalize` (no train/serve skew), and 4x fewer bytes than float32 views."""
+    from models.preprocess import crop_or_pad, eval_pixels, normalize, tile_origins
+
+    pre = PreprocessConfig(img_size=8, views="tiles", max_tiles=4)
+    arr = np.random.default_rng(1).integers(0, 256, (side, side + 7, 3), dtype=np.uint8)
+    pixels = eval_pixels(Image.fromarray(arr), pre)
+    assert pixels.dtype == (np.uint8 if side >= 8 else np.int16) and pixels.shape[1:] == (8, 8, 3)
+    origins = [(t, x) for t in tile_origins(side, 8, 2) for x in tile_origins(side + 7, 8, 2)]
+    expected = np.stack([normalize(crop_or_pad(arr, 8, t, x), pre) for t, x in origins])
+    np.testing.assert_array_equal(eval_views(Image.fromarray(arr), pre), expected)
+
+
+def test_detector_scores_pixel_and_float_views_alike(tiny_checkpoint):
+    from models.preprocess import eval_pixels
+
+    det = load_detector(tiny_checkpoint, "eager", "cpu")
+    pre = det.config.preprocess
+    rng = np.random.default_rng(2)
+    imgs = [Image.fromarray(rng.integers(0, 256, (s, s, 3), dtype=np.uint8)) for s in (40, 9, 33)]
+    pixels = [eval_pixels(im, pre) for im in imgs]
+    floats = [eval_views(im, pre) for im in imgs]
+    np.testing.assert_array_equal(det.probabilities_from_views(pixels), det.probabilities_from_views(floats))
