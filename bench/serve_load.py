@@ -3,14 +3,17 @@
     .venv/bin/python -m bench.serve_load                    # 1,000 requests per setting
     .venv/bin/python -m bench.serve_load --requests 300     # quick run (~4 minutes on 2 cores)
     .venv/bin/python -m bench.serve_load --servers batched,latency50   # show the 50 ms trap
+    .venv/bin/python -m bench.serve_load --servers batched --baseline /tmp/base --concurrency 32
+        # adds server "base": the same service run from another checkout (before/after, one run)
 
 Saves a random-weight vit_tiny_patch16_224 (224 px) model folder to a temp dir, measures
 the model alone (eager, batch 1 and batch 32), starts every server as a subprocess on
 127.0.0.1, then for 1, 8 and 32 concurrent clients sends the requests in interleaved
 rounds (each round visits every server), so drift on the shared machine hits all of them
-alike. Prints img/s (median over rounds), p50/p99 latency, 503/other-error counts, peak
-RSS of each server's process tree, ratios to the naive baseline and served img/s as a
-fraction of the model-only img/s.
+alike; the model-only batch-32 rate is measured again between rounds (servers idle), so
+the "served / model-only" ratio compares figures taken under the same load. Prints img/s
+(median over rounds), p50/p99 latency, 503/other-error counts, peak RSS of each server's
+process tree, ratios to the naive baseline and served img/s as a fraction of model-only.
 """
 
 from __future__ import annotations
@@ -65,23 +68,29 @@ def save_model(folder: Path) -> None:
     save_model_dir(folder, build_network(cfg), cfg)
 
 
-def model_only(folder: Path, images: list[bytes]) -> dict[int, float]:
-    """Images/s of the eager detector itself (decode + preprocess + model), per batch size."""
-    from models.preprocess import decode_image
-    from models.runtime import load_detector
+class ModelOnly:
+    """Images/s of the eager detector itself (crop + normalise + model on decoded images)."""
 
-    det = load_detector(folder, "eager", "cpu")
-    decoded = [decode_image(b)[0] for b in images]
-    out = {}
-    for bs in (1, 32):
-        batch = (decoded * (bs // len(decoded) + 1))[:bs]
-        det.probabilities(batch)
-        reps = max(3, 64 // bs)
-        start = time.perf_counter()
-        for _ in range(reps):
-            det.probabilities(batch)
-        out[bs] = bs * reps / (time.perf_counter() - start)
-    return out
+    def __init__(self, folder: Path, images: list[bytes]):
+        from models.preprocess import decode_image
+        from models.runtime import load_detector
+
+        self.det = load_detector(folder, "eager", "cpu")
+        self.decoded = [decode_image(b)[0] for b in images]
+        self.rates: dict[int, list[float]] = {1: [], 32: []}
+
+    def measure(self, sizes=(1, 32)) -> None:
+        for bs in sizes:
+            batch = (self.decoded * (bs // len(self.decoded) + 1))[:bs]
+            self.det.probabilities(batch)
+            reps = max(3, 64 // bs)
+            start = time.perf_counter()
+            for _ in range(reps):
+                self.det.probabilities(batch)
+            self.rates[bs].append(bs * reps / (time.perf_counter() - start))
+
+    def median(self) -> dict[int, float]:
+        return {bs: statistics.median(r) for bs, r in self.rates.items()}
 
 
 def test_images(n: int = 8) -> list[bytes]:
@@ -100,10 +109,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(name: str, model: Path, log_dir: Path) -> tuple[subprocess.Popen, str]:
+def start(name: str, model: Path, log_dir: Path, repo: Path = REPO) -> tuple[subprocess.Popen, str]:
     kind, extra = SERVERS[name]
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
+    env = {**os.environ, "PYTHONPATH": str(repo), **extra}
     if kind == "bento":
         cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--port", str(port),
                "--device", "cpu"]
@@ -112,7 +121,7 @@ def start(name: str, model: Path, log_dir: Path) -> tuple[subprocess.Popen, str]
         cmd = [sys.executable, "-m", "uvicorn", "bench.naive_app:app", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning"]
     log = open(log_dir / f"{name}.log", "wb")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -200,8 +209,8 @@ async def load(url: str, images: list[bytes], requests: int, clients: int, tally
 
 
 def report(results, peak, model_rates, names, conc) -> None:
-    print(f"\nmodel only (eager, same process type): {model_rates[1]:.1f} img/s at batch 1, "
-          f"{model_rates[32]:.1f} img/s at batch 32")
+    print(f"\nmodel only (eager, same process type, median): {model_rates[1]:.1f} img/s at batch 1, "
+          f"{model_rates[32]:.1f} img/s at batch 32 (measured between rounds)")
     head = f"{'server':<10} {'clients':>7} {'img/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'503s':>5} {'errors':>6} " \
            f"{'peak RSS MB':>11} {'x naive':>7} {'/model b32':>10}"
     print(head)
@@ -224,8 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds the requests are split into")
     ap.add_argument("--servers", default="batched,unbatched,naive", help=f"from {sorted(SERVERS)}")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout (e.g. `git archive main | tar -x -C DIR`) served as 'base' with defaults")
     args = ap.parse_args(argv)
     names = args.servers.split(",")
+    repos = dict.fromkeys(names, REPO)
+    if args.baseline:
+        SERVERS["base"] = SERVERS["batched"]
+        names.append("base")
+        repos["base"] = args.baseline.resolve()
     unknown = set(names) - set(SERVERS)
     if unknown:
         ap.error(f"unknown servers {sorted(unknown)}; choose from {sorted(SERVERS)}")
@@ -234,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fakelens-bench-") as tmp:
         model = Path(tmp) / "model"
         save_model(model)
-        model_rates = model_only(model, images)
-        procs = {name: start(name, model, Path(tmp)) for name in names}
+        model_only = ModelOnly(model, images)
+        model_only.measure()
+        procs = {name: start(name, model, Path(tmp), repos[name]) for name in names}
         try:
             for name, (proc, url) in procs.items():
                 wait_ready(proc, url, "/readyz" if SERVERS[name][0] == "bento" else "/docs")
@@ -249,13 +266,14 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.rounds):
                     for name in names:
                         asyncio.run(load(procs[name][1], images, per_round, c, results[name, c]))
+                    model_only.measure((32,))
                 print(f"done: {c} clients", file=sys.stderr, flush=True)
             sampler.done.set()
             sampler.join()
         finally:
             for proc, _ in procs.values():
                 stop(proc)
-    report(results, sampler.peak, model_rates, names, conc)
+    report(results, sampler.peak, model_only.median(), names, conc)
     return 0
 
 

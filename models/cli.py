@@ -1,6 +1,7 @@
 """`fakelens export` and `fakelens models list|show`: export, verify and store detectors.
 
     fakelens export RUN_OR_MODEL_DIR --out EXP [--int8] [--fp16] [--no-store] [--version V] [--data DATA]
+                    [--int8-static]
     fakelens models list
     fakelens models show fakelens-detector:latest
 """
@@ -22,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="", help="model version (default: detector.json's, else a timestamp)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--data", help="dataset folder/manifest: measure the int8/fp16 AUC change on its val split")
+    p.add_argument("--int8-static", action="store_true",
+                   help="also write model.int8-static.onnx (calibrated on --data's train split) and gate it on "
+                        "its val split; `auto` uses it only if AUC and FPR at the threshold hold (models/quantize.py)")
+    p.add_argument("--calib", type=int, default=256, help="calibration images for --int8-static (default 256)")
     p.set_defaults(run=run_export)
 
     m = sub.add_parser("models", help="list or show detectors in the BentoML model store")
@@ -47,8 +52,14 @@ def run_export(args: argparse.Namespace) -> int:
     if args.opset < 17:
         raise ValueError(f"--opset {args.opset} is too old; use 17 or newer")
     options = ExportOptions(int8=args.int8, fp16=args.fp16, opset=args.opset, version=args.version)
+    if args.int8_static and not args.data:
+        raise ValueError("--int8-static needs --data DATA: real images to calibrate on and a val split to gate on")
     val = _val_samples(args.data) if args.data else None
     export_model(args.checkpoint, args.out, options, val=val)
+    if args.int8_static:
+        from models.quantize import add_int8_static, calibration_paths
+
+        add_int8_static(args.out, calibration_paths(args.data, args.calib), val)
     if not args.no_store:
         from models.store import register as store_register
 

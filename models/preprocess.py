@@ -216,7 +216,7 @@ def eval_views(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
     """The model's view(s) of one decoded RGB image, normalised: V x 3 x S x S float32."""
     import torch
 
-    return normalize_views(torch.from_numpy(eval_pixels(img, pre)), pre).numpy()
+    return normalize_views(torch.from_numpy(np.array(eval_pixels(img, pre))), pre).numpy()  # a writable copy
 
 
 def average_views(view_logits: np.ndarray, counts: list[int]) -> np.ndarray:

@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from models import backends as _backends
+from models import quantize as _quantize
 from models.config import DetectorConfig
 from models.preprocess import average_views, calibrated_probability, eval_pixels, normalize_views
 
@@ -152,6 +153,9 @@ register_backend("onnx-int8")(_backends.onnx_int8_backend)
 register_backend("onnx-fp16")(_backends.onnx_fp16_backend)
 register_backend("openvino")(_backends.openvino_backend)
 register_backend("openvino-fp32")(_backends.openvino_fp32_backend)
+# Static int8 (models/quantize.py): `auto` offers it only where the export's verdict gate passed.
+register_backend("openvino-int8")(_quantize.openvino_int8_backend)
+register_backend("onnx-int8-static")(_quantize.onnx_int8_static_backend)
 
 
 def is_store_tag(source: str | Path) -> bool:
@@ -182,8 +186,9 @@ def locate(source: str | Path) -> tuple[Path, DetectorConfig]:
 def default_backend(folder: Path, device: str) -> str:
     """The fastest backend that passed parity for this model (docs/performance-runtimes.md).
 
-    CPU: OpenVINO (bf16 on AMX CPUs) when the export's parity check recorded it within its
-    bound, else ONNX Runtime fp32. GPU: ORT fp16 when exported and onnxruntime-gpu is
+    CPU: static int8 when the export's verdict gate passed (models/quantize.py), else OpenVINO
+    (bf16 on AMX CPUs) when the export's parity check recorded it within its bound, else
+    ONNX Runtime fp32. GPU: ORT fp16 when exported and onnxruntime-gpu is
     present, else TorchScript fp16. A checkpoint folder without an export runs eagerly.
     """
     from models.metadata import ONNX_FILE, ONNX_FP16_FILE, read_metadata
@@ -195,7 +200,11 @@ def default_backend(folder: Path, device: str) -> str:
 
         has_cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
         return "onnx-fp16" if has_cuda_ort and (folder / ONNX_FP16_FILE).is_file() else "torchscript"
-    parity = read_metadata(folder).get("parity", {})
+    meta = read_metadata(folder)
+    int8 = _quantize.offered_backend(meta)
+    if int8 is not None and (folder / _quantize.INT8_STATIC_FILE).is_file():
+        return int8
+    parity = meta.get("parity", {})
     openvino_ok = isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True
     return "openvino" if openvino_ok else "onnx"
 

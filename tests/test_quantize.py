@@ -1,0 +1,95 @@
+"""Static int8 (models/quantize.py): the verdict gate's arithmetic, and `auto` following its record."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from models.metadata import METADATA
+from models.quantize import INT8_STATIC_FILE, MAX_FPR_MOVE_POINTS, add_int8_static, gate
+from models.runtime import default_backend, load_detector
+from tests.conftest import tiny_config
+from tests.export_helpers import export_tiny
+
+LABELS = np.array([0] * 100 + [1] * 100)
+
+
+def _scores(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.uniform(0.0, 0.6, 100), rng.uniform(0.4, 1.0, 100)])
+
+
+def test_gate_passes_identical_scores():
+    p = _scores()
+    result = gate(p, p.copy(), LABELS, tiny_config())
+    assert result["passed"] and result["auc_drop"] == 0 and result["fpr_move_points"] == 0
+    assert 0 < result["fpr_fp32"] < 1  # the threshold 0.5 cuts through the reals
+
+
+def test_gate_refuses_an_auc_drop():
+    p = _scores()
+    worse = p.copy()
+    worse[:20] = 0.95  # twenty reals now outrank most fakes
+    result = gate(p, worse, LABELS, tiny_config())
+    assert result["auc_drop"] > 0.005 and not result["passed"]
+
+
+def test_gate_refuses_a_moved_fpr_even_when_auc_is_unchanged():
+    """A monotonic shift keeps every ranking (AUC equal) but moves reals across the threshold."""
+    p = _scores()
+    shifted = np.clip(p + 0.05, 0, 1)
+    result = gate(p, shifted, LABELS, tiny_config())
+    assert abs(result["auc_drop"]) < 1e-12
+    assert result["fpr_move_points"] > MAX_FPR_MOVE_POINTS and not result["passed"]
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_checkpoint, demo, tmp_path_factory):
+    from models.dataset import list_samples
+
+    exp = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("q") / "exp")
+    calib = [s.path for s in list_samples(demo / "manifest.csv", split="train")][:16]
+    val = [(s.path, s.label) for s in list_samples(demo / "manifest.csv")]
+    record = add_int8_static(exp, calib, val, log=lambda _: None)
+    return exp, record
+
+
+def test_int8_static_records_both_figures_and_runs(quantized, demo):
+    exp, record = quantized
+    assert (exp / INT8_STATIC_FILE).is_file()
+    saved = json.loads((exp / METADATA).read_text())["int8_static"]
+    assert saved == json.loads(json.dumps(record))
+    for key in ("auc_fp32", "auc_int8", "auc_drop", "fpr_fp32", "fpr_int8", "fpr_move_points", "passed"):
+        assert key in saved
+    assert saved["val_images"] == 60 and saved["calibration_images"] == 16
+    det = load_detector(exp, backend=saved["backend"], device="cpu")
+    assert det.probabilities_from_views([np.zeros((1, 32, 32, 3), np.uint8)]).shape == (1,)
+
+
+@pytest.mark.parametrize("passed", [True, False])
+def test_auto_offers_int8_only_when_the_gate_passed(quantized, tmp_path, passed):
+    import shutil
+
+    exp, record = quantized
+    copy = tmp_path / "exp"
+    shutil.copytree(exp, copy)
+    meta = json.loads((copy / METADATA).read_text())
+    meta["int8_static"]["passed"] = passed
+    (copy / METADATA).write_text(json.dumps(meta))
+    assert default_backend(copy, "cpu") == (record["backend"] if passed else "openvino")
+    (copy / INT8_STATIC_FILE).unlink()  # a record without its file never sends auto to a missing artifact
+    assert default_backend(copy, "cpu") == "openvino"
+
+
+def test_export_cli_needs_data_for_int8_static(tiny_checkpoint, tmp_path):
+    from models.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["export", str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--int8-static"])
+    with pytest.raises(ValueError, match="--data"):
+        args.run(args)
+    assert not (tmp_path / "e").exists()
