@@ -3,14 +3,15 @@
     .venv/bin/python bench/score_throughput.py                   # 2,000 JPEGs at 256 px
     .venv/bin/python bench/score_throughput.py --n 400 --rounds 3 # quick run (docs/performance-scoring.md)
 
-Writes a folder of JPEGs, saves a random-weight vit_tiny_patch16_224 (224 px) model folder
+Writes a folder of JPEGs, saves a random-weight `--arch` (vit_tiny_patch16_224, 224 px) model folder
 and exports it (so `--backend auto` picks the shipped CPU runtime: OpenVINO/ONNX Runtime;
 `--no-export` keeps the eager checkpoint). Each round then measures, back to back:
 
 - model-only: the same detector's backend on pre-decoded, pre-cropped tensors in batches of
   `--batch-size` (the ceiling: no file reading, decoding, cropping or writing);
 - engine: `service.score.score_files` on the folder into a fresh JSONL (read, decode and
-  crop in worker threads, model, fsync'd writes and commits), with the detector preloaded.
+  crop to uint8 in worker processes or threads (`--decode`), normalise + model, fsync'd
+  writes and commits), with the detector preloaded; one row per decode mode.
 
 The order alternates each round and medians are reported, so background load on a shared
 machine hits both alike. The ratio engine/model-only is the pipeline's efficiency (1.0 =
@@ -20,6 +21,7 @@ decoding fully hidden behind inference).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import tempfile
@@ -56,10 +58,10 @@ def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> None:
         )
 
 
-def build_model(work: Path, export: bool) -> Path:
+def build_model(work: Path, export: bool, arch: str = "vit_tiny_patch16_224") -> Path:
     torch.manual_seed(0)
     cfg = DetectorConfig(
-        arch="vit_tiny_patch16_224", preprocess=PreprocessConfig(img_size=224), version="bench"
+        arch=arch, preprocess=PreprocessConfig(img_size=224), version="bench"
     )
     save_model_dir(work / "model", build_network(cfg).eval(), cfg)
     if not export:
@@ -103,6 +105,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--arch", default="vit_tiny_patch16_224", help="timm model (random weights)")
+    ap.add_argument("--decode", default="processes,threads",
+                    help="engine decode modes to measure, interleaved (processes, threads)")
     ap.add_argument(
         "--no-export", action="store_true", help="score the eager checkpoint instead of an export"
     )
@@ -111,7 +116,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fakelens-bench-") as tmp:
         work = Path(tmp)
         write_jpegs(work / "images", args.n, args.size)
-        source = build_model(work, export=not args.no_export)
+        source = build_model(work, export=not args.no_export, arch=args.arch)
         detector = load_detector(source, args.backend, args.device)
         inputs = discover_inputs([str(work / "images")])
         pre = detector.config.preprocess
@@ -135,35 +140,39 @@ def main() -> None:
         measure = {
             "model-only": lambda: model_only(detector, batches),
             "decode-only": lambda: decode_only(inputs, pre, workers),
-            "engine": lambda: engine(detector, inputs, work / "out.jsonl", opts),
         }
+        for mode in args.decode.split(","):
+            mode_opts = dataclasses.replace(opts, decode=mode)
+            measure[f"engine-{mode}"] = lambda o=mode_opts: engine(detector, inputs, work / "out.jsonl", o)
         results: dict[str, list[float]] = {name: [] for name in measure}
         for r in range(args.rounds):
-            order = list(measure)[r % 3 :] + list(measure)[: r % 3]  # rotate so drift hits all alike
+            k = r % len(measure)
+            order = list(measure)[k:] + list(measure)[:k]  # rotate so drift hits all alike
             for name in order:
                 rate = measure[name]()
                 results[name].append(rate)
-                print(f"round {r + 1}: {name:10s} {rate:8.1f} img/s", file=sys.stderr)
+                print(f"round {r + 1}: {name:18s} {rate:8.1f} img/s", file=sys.stderr)
 
-        m, d, e = (statistics.median(results[k]) for k in ("model-only", "decode-only", "engine"))
+        m, d = (statistics.median(results[k]) for k in ("model-only", "decode-only"))
         info = detector.info
-        print(f"\nmodel vit_tiny_patch16_224 @224, backend {info['backend']} on {info['device']}, {args.n} JPEGs "
-              f"{args.size}px, batch {args.batch_size}, {workers} decode threads, "
+        print(f"\nmodel {args.arch} @224, backend {info['backend']} on {info['device']}, {args.n} JPEGs "
+              f"{args.size}px, batch {args.batch_size}, {workers} decode workers, "
               f"torch threads {torch.get_num_threads()}, median of {args.rounds} rounds")  # fmt: skip
-        print("| measurement | img/s (median) | rounds |")
-        print("|---|---:|---|")
-        rows = (
-            ("model-only (pre-decoded tensors)", "model-only"),
-            ("decode-only (read + decode + crop, threads)", "decode-only"),
-            ("local engine (decode + model + write)", "engine"),
-        )
-        for label, key in rows:
-            rates = results[key]
-            print(f"| {label} | {statistics.median(rates):.1f} | {', '.join(f'{x:.1f}' for x in rates)} |")
+        print("| measurement | img/s (median) | x model-only | rounds |")
+        print("|---|---:|---:|---|")
+        labels = {
+            "model-only": "model-only (pre-decoded, pre-normalised tensors)",
+            "decode-only": "decode-only (read + decode + crop to uint8, threads)",
+            "engine-processes": "local engine, decode in processes (default)",
+            "engine-threads": "local engine, decode in threads",
+        }
+        for key, rates in results.items():
+            med = statistics.median(rates)
+            print(f"| {labels.get(key, key)} | {med:.1f} | {med / m:.2f} | {', '.join(f'{x:.1f}' for x in rates)} |")
         # On a CPU-only box decoding and inference share the cores, so even perfect overlap
         # cannot beat doing both jobs' CPU work back to back: 1 / (1/model + 1/decode).
-        print(f"| CPU-shared ceiling 1/(1/model + 1/decode) | {1 / (1 / m + 1 / d):.1f} | |")
-        print(f"| **ratio engine / model-only** | **{e / m:.2f}** | |")
+        print(f"| CPU-shared ceiling 1/(1/model + 1/decode) | {1 / (1 / m + 1 / d):.1f} | "
+              f"{1 / (1 / m + 1 / d) / m:.2f} | |")
 
 
 if __name__ == "__main__":

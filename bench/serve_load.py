@@ -56,7 +56,7 @@ class Tally:
     error_statuses: dict[int, int] = field(default_factory=dict)  # -1: transport error
 
 
-def save_model(folder: Path) -> None:
+def save_model(folder: Path, arch: str = "vit_tiny_patch16_224") -> None:
     import torch
 
     from models.checkpoint import save_model_dir
@@ -64,22 +64,24 @@ def save_model(folder: Path) -> None:
     from models.network import build_network
 
     torch.manual_seed(0)
-    cfg = DetectorConfig(arch="vit_tiny_patch16_224", preprocess=PreprocessConfig(img_size=224), version="bench")
+    cfg = DetectorConfig(arch=arch, preprocess=PreprocessConfig(img_size=224), version="bench")
     save_model_dir(folder, build_network(cfg), cfg)
 
 
 class ModelOnly:
     """Images/s of the eager detector itself (crop + normalise + model on decoded images)."""
 
-    def __init__(self, folder: Path, images: list[bytes]):
+    def __init__(self, folder: Path, images: list[bytes], device: str = "cpu", batch: int = 32):
         from models.preprocess import decode_image
         from models.runtime import load_detector
 
-        self.det = load_detector(folder, "eager", "cpu")
+        self.det = load_detector(folder, "eager", device)
         self.decoded = [decode_image(b)[0] for b in images]
-        self.rates: dict[int, list[float]] = {1: [], 32: []}
+        self.batch = batch
+        self.rates: dict[int, list[float]] = {1: [], batch: []}
 
-    def measure(self, sizes=(1, 32)) -> None:
+    def measure(self, sizes=None) -> None:
+        sizes = sizes or (1, self.batch)
         for bs in sizes:
             batch = (self.decoded * (bs // len(self.decoded) + 1))[:bs]
             self.det.probabilities(batch)
@@ -109,13 +111,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(name: str, model: Path, log_dir: Path, repo: Path = REPO) -> tuple[subprocess.Popen, str]:
+def start(name: str, model: Path, log_dir: Path, repo: Path = REPO, device: str = "cpu") -> tuple[subprocess.Popen, str]:
     kind, extra = SERVERS[name]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(repo), **extra}
     if kind == "bento":
         cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--port", str(port),
-               "--device", "cpu"]
+               "--device", device]
     else:
         env["NAIVE_MODEL"] = str(model)
         cmd = [sys.executable, "-m", "uvicorn", "bench.naive_app:app", "--host", "127.0.0.1", "--port", str(port),
@@ -209,10 +211,11 @@ async def load(url: str, images: list[bytes], requests: int, clients: int, tally
 
 
 def report(results, peak, model_rates, names, conc) -> None:
+    big = max(model_rates)
     print(f"\nmodel only (eager, same process type, median): {model_rates[1]:.1f} img/s at batch 1, "
-          f"{model_rates[32]:.1f} img/s at batch 32 (measured between rounds)")
+          f"{model_rates[big]:.1f} img/s at batch {big} (measured between rounds)")
     head = f"{'server':<10} {'clients':>7} {'img/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'503s':>5} {'errors':>6} " \
-           f"{'peak RSS MB':>11} {'x naive':>7} {'/model b32':>10}"
+           f"{'peak RSS MB':>11} {'x naive':>7} {'/model':>10}"
     print(head)
     print("-" * len(head))
     for c in conc:
@@ -224,7 +227,7 @@ def report(results, peak, model_rates, names, conc) -> None:
             ratio = f"{rate / base:.2f}" if base else "-"
             print(f"{name:<10} {c:>7} {rate:>7.1f} {np.percentile(lat, 50):>8.1f} {np.percentile(lat, 99):>8.1f} "
                   f"{t.overloaded:>5} {t.errors:>6} {peak[name] / 2**20:>11.0f} {ratio:>7} "
-                  f"{rate / model_rates[32]:>10.2f}" + (f"  errors by status {t.error_statuses}" if t.errors else ""))
+                  f"{rate / model_rates[big]:>10.2f}" + (f"  errors by status {t.error_statuses}" if t.errors else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--servers", default="batched,unbatched,naive", help=f"from {sorted(SERVERS)}")
     ap.add_argument("--baseline", type=Path, default=None,
                     help="another checkout (e.g. `git archive main | tar -x -C DIR`) served as 'base' with defaults")
+    ap.add_argument("--arch", default="vit_tiny_patch16_224", help="timm model (random weights)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda: the servers' model process and model-only")
+    ap.add_argument("--model-batch", type=int, default=32, help="batch size of the model-only reference")
     args = ap.parse_args(argv)
     names = args.servers.split(",")
     repos = dict.fromkeys(names, REPO)
@@ -249,10 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     images = test_images()
     with tempfile.TemporaryDirectory(prefix="fakelens-bench-") as tmp:
         model = Path(tmp) / "model"
-        save_model(model)
-        model_only = ModelOnly(model, images)
+        save_model(model, args.arch)
+        model_only = ModelOnly(model, images, args.device, args.model_batch)
         model_only.measure()
-        procs = {name: start(name, model, Path(tmp), repos[name]) for name in names}
+        procs = {name: start(name, model, Path(tmp), repos[name], args.device) for name in names}
         try:
             for name, (proc, url) in procs.items():
                 wait_ready(proc, url, "/readyz" if SERVERS[name][0] == "bento" else "/docs")
@@ -266,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.rounds):
                     for name in names:
                         asyncio.run(load(procs[name][1], images, per_round, c, results[name, c]))
-                    model_only.measure((32,))
+                    model_only.measure((args.model_batch,))
                 print(f"done: {c} clients", file=sys.stderr, flush=True)
             sampler.done.set()
             sampler.join()

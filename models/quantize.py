@@ -14,9 +14,11 @@ that `auto` would use, through the same `Detector` path the service uses:
 - the false-positive rate at the shipped threshold (`models.verdict.is_flagged` on the
   real images) may move by at most MAX_FPR_MOVE_POINTS (1 percentage point).
 
-Both figures and the verdict go into metadata.json under "int8_static". `load_detector(...,
-backend="auto")` offers the int8 runtime only when that record says passed (see
-`offered_backend`); otherwise the export's usual default (OpenVINO bf16 on CPU) stays.
+Both figures and the verdict go into metadata.json under "int8_static", with the img/s of
+each int8 runtime and of the float default timed on the same validation views (the faster
+int8 runtime is the one gated). `load_detector(..., backend="auto")` offers int8 only when
+the record says passed and faster (`offered_backend`); otherwise the export's usual
+default (OpenVINO bf16 on CPU) stays.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ MAX_AUC_DROP = 0.005
 MAX_FPR_MOVE_POINTS = 1.0
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 CALIB_BATCH = 8
+SPEED_IMAGES = 96  # validation views timed per backend to decide whether int8 is worth offering
 META_KEY = "int8_static"
 # Runtimes that can execute the QDQ file; the gate measures the one `auto` would pick.
 INT8_BACKENDS = ("openvino-int8", "onnx-int8-static")
@@ -117,13 +120,39 @@ def _probabilities(folder: Path, cfg: DetectorConfig, backend: str, views: list[
     return np.concatenate([det.probabilities_from_views(views[i : i + 32]) for i in range(0, len(views), 32)])
 
 
-def gate_backend() -> str:
-    """The int8 runtime `auto` would use here: OpenVINO (int8 kernels on VNNI/AMX) when installed."""
+def speeds(folder: Path, cfg: DetectorConfig, names: Sequence[str], views: list[np.ndarray],
+           rounds: int = 2) -> dict[str, float]:
+    """img/s of each backend on the same views (batch 32), interleaved so load hits all alike."""
+    import time
+
+    from models.runtime import BACKENDS, Detector
+
+    dets = {n: Detector(cfg, BACKENDS[n](folder, cfg, "cpu"), str(folder)) for n in names}
+    sample = views[:SPEED_IMAGES]
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for det in dets.values():
+        det.logits_from_views(sample[:2])  # first-call setup outside the timing
+    for _ in range(rounds):
+        for name, det in dets.items():
+            start = time.perf_counter()
+            for i in range(0, len(sample), 32):
+                det.logits_from_views(sample[i : i + 32])
+            rates[name].append(len(sample) / (time.perf_counter() - start))
+    return {n: float(np.median(r)) for n, r in rates.items()}
+
+
+def float_default(meta: dict[str, Any]) -> str:
+    """What `auto` runs on CPU without int8: OpenVINO (bf16 where the CPU has it) if its parity passed."""
+    parity = meta.get("parity", {})
+    return "openvino" if isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True else "onnx"
+
+
+def int8_candidates() -> list[str]:
     try:
         import openvino  # noqa: F401
     except ImportError:
-        return "onnx-int8-static"
-    return "openvino-int8"
+        return ["onnx-int8-static"]
+    return list(INT8_BACKENDS)
 
 
 def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tuple[str, int]],
@@ -148,16 +177,26 @@ def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tupl
         if v:
             views.append(v[0])
             labels.append(label)
-    backend = gate_backend()
+    default = float_default(meta)
+    rates = speeds(folder, cfg, [default, *int8_candidates()], views)
+    backend = max(int8_candidates(), key=rates.__getitem__)  # the faster int8 runtime is the one gated
     result = gate(_probabilities(folder, cfg, "onnx", views), _probabilities(folder, cfg, backend, views),
                   np.asarray(labels), cfg)
+    # int8 that keeps the verdicts but runs slower than the float default is not worth offering
+    # (OpenVINO bf16 on AMX often is: docs/performance.md)
+    result.update(faster=bool(rates[backend] > rates[default]), img_s={**rates}, float_default=default)
     result.update(backend=backend, file=INT8_STATIC_FILE, calibration_images=len(calib),
                   method="onnxruntime quantize_static QDQ, per-channel s8 weights, u8 activations, MinMax, "
                          + "/".join(QUANTIZED_OPS))
     meta[META_KEY] = result
     write_metadata(folder, meta)
-    verdict = "offered by auto" if result["passed"] else "NOT offered (bf16/fp32 stays the default)"
-    log(f"int8 static ({backend}): val AUC {result['auc_int8']:.4f} vs fp32 {result['auc_fp32']:.4f} "
+    if result["passed"] and result["faster"]:
+        verdict = "offered by auto"
+    elif result["passed"]:
+        verdict = f"verdicts hold but it is slower than {default} here: NOT offered ({default} stays)"
+    else:
+        verdict = f"NOT offered ({default} stays the default)"
+    log(f"int8 static ({backend}, {rates[backend]:.1f} img/s vs {default} {rates[default]:.1f}): val AUC {result['auc_int8']:.4f} vs fp32 {result['auc_fp32']:.4f} "
         f"(drop {result['auc_drop']:+.4f}, bound {MAX_AUC_DROP}); FPR at threshold {result['fpr_int8']:.2%} vs "
         f"{result['fpr_fp32']:.2%} ({result['fpr_move_points']:.2f} points, bound {MAX_FPR_MOVE_POINTS}): {verdict}")
     return result
@@ -180,9 +219,10 @@ def onnx_int8_static_backend(folder: Path, cfg: DetectorConfig, device: str):
 
 
 def offered_backend(meta: dict[str, Any]) -> str | None:
-    """The int8 runtime `auto` may pick for an export, or None when the gate did not pass."""
+    """The int8 runtime `auto` may pick for an export: None unless the gate passed and it was faster."""
     record = meta.get(META_KEY)
-    if isinstance(record, dict) and record.get("passed") is True and record.get("backend") in INT8_BACKENDS:
+    if (isinstance(record, dict) and record.get("passed") is True and record.get("faster") is True
+            and record.get("backend") in INT8_BACKENDS):
         return record["backend"]
     return None
 

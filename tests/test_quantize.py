@@ -62,24 +62,25 @@ def test_int8_static_records_both_figures_and_runs(quantized, demo):
     assert (exp / INT8_STATIC_FILE).is_file()
     saved = json.loads((exp / METADATA).read_text())["int8_static"]
     assert saved == json.loads(json.dumps(record))
-    for key in ("auc_fp32", "auc_int8", "auc_drop", "fpr_fp32", "fpr_int8", "fpr_move_points", "passed"):
+    for key in ("auc_fp32", "auc_int8", "auc_drop", "fpr_fp32", "fpr_int8", "fpr_move_points", "passed",
+                "faster", "img_s"):
         assert key in saved
     assert saved["val_images"] == 60 and saved["calibration_images"] == 16
     det = load_detector(exp, backend=saved["backend"], device="cpu")
     assert det.probabilities_from_views([np.zeros((1, 32, 32, 3), np.uint8)]).shape == (1,)
 
 
-@pytest.mark.parametrize("passed", [True, False])
-def test_auto_offers_int8_only_when_the_gate_passed(quantized, tmp_path, passed):
+@pytest.mark.parametrize("passed,faster", [(True, True), (False, True), (True, False)])
+def test_auto_offers_int8_only_when_the_gate_passed_and_it_is_faster(quantized, tmp_path, passed, faster):
     import shutil
 
     exp, record = quantized
     copy = tmp_path / "exp"
     shutil.copytree(exp, copy)
     meta = json.loads((copy / METADATA).read_text())
-    meta["int8_static"]["passed"] = passed
+    meta["int8_static"].update(passed=passed, faster=faster)
     (copy / METADATA).write_text(json.dumps(meta))
-    assert default_backend(copy, "cpu") == (record["backend"] if passed else "openvino")
+    assert default_backend(copy, "cpu") == (record["backend"] if passed and faster else "openvino")
     (copy / INT8_STATIC_FILE).unlink()  # a record without its file never sends auto to a missing artifact
     assert default_backend(copy, "cpu") == "openvino"
 
