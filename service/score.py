@@ -177,9 +177,25 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 def decode_pool(mode: str, workers: int) -> Executor:
     if mode == "threads":
         return ThreadPoolExecutor(workers, thread_name_prefix="decode")
-    # spawn, not fork: forking a process whose torch/OpenVINO thread pools already run can
-    # deadlock the child; the workers import only Pillow/numpy (models.preprocess skips torch).
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    # Not fork: forking a process whose torch/OpenVINO thread pools already run can deadlock
+    # the child. forkserver starts one clean server per scoring process (reused by later
+    # pools) and forks cheap workers from it with this module preloaded; spawn elsewhere.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["service.score"])
+    else:
+        ctx = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(workers, mp_context=ctx)
+
+
+def decode_mode(opts: ScoreOptions, todo: Sequence[str]) -> str:
+    # fsspec's memory:// filesystem lives in this process only: workers would not find the files
+    if any(p.startswith("memory://") for p in todo):
+        return "threads"
+    # one batch has nothing to overlap with: starting processes would only add their start-up
+    if len(todo) <= opts.batch_size:
+        return "threads"
+    return opts.decode
 
 
 def _slices(items: Sequence[str], parts: int) -> list[Sequence[str]]:
@@ -191,9 +207,7 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
     pre = detector.config.preprocess
     batches = _chunks(todo, opts.batch_size)
     workers = opts.workers or default_workers()
-    # fsspec's memory:// filesystem lives in this process only: workers would not find the files
-    mode = "threads" if any(p.startswith("memory://") for p in todo) else opts.decode
-    with decode_pool(mode, workers) as pool:
+    with decode_pool(decode_mode(opts, todo), workers) as pool:
         pending: deque[list[Future]] = deque()
 
         def submit_next() -> None:

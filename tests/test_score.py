@@ -68,6 +68,18 @@ def test_csv_and_parquet_hold_the_same_rows(images, reference, tiny_checkpoint, 
     assert not state_dir(out).exists()
 
 
+def test_thread_decoding_gives_the_same_rows_as_process_decoding(images, reference, tiny_checkpoint, tmp_path):
+    """The default decodes in worker processes (uint8 views come back by pickle); threads must agree exactly."""
+    out = tmp_path / "threads.jsonl"
+    score_files(images, out, opts(tiny_checkpoint, decode="threads"))
+    assert read_rows(out) == reference[0]
+
+
+def test_unknown_decode_mode_is_refused_with_the_choices(tiny_checkpoint):
+    with pytest.raises(ValueError, match="processes, threads"):
+        opts(tiny_checkpoint, decode="gpu")
+
+
 def test_memory_urls_score_like_local_files(images, reference, tiny_checkpoint, tmp_path):
     fs = fsspec.filesystem("memory")
     for p in images[:3]:
