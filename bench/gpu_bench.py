@@ -16,6 +16,12 @@ script's outer `timeout` never cuts a table in half.
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported: spin-waiting OpenMP threads collapse throughput ~30x on a busy
+# shared host (docs/performance-training.md); the CLI sets the same default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import io
 import statistics

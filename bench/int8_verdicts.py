@@ -12,6 +12,12 @@ same pre-cut uint8 views, interleaved in rounds (medians and ratios to fp32 and 
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported: spin-waiting OpenMP threads collapse throughput ~30x on a busy
+# shared host (docs/performance-training.md); the CLI sets the same default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import statistics
 import sys

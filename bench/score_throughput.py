@@ -20,6 +20,12 @@ decoding fully hidden behind inference).
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported: spin-waiting OpenMP threads collapse throughput ~30x on a busy
+# shared host (docs/performance-training.md); the CLI sets the same default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import dataclasses
 import statistics

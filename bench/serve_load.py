@@ -18,10 +18,15 @@ process tree, ratios to the naive baseline and served img/s as a fraction of mod
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported: spin-waiting OpenMP threads collapse throughput ~30x on a busy
+# shared host (docs/performance-training.md); the CLI sets the same default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import asyncio
 import io
-import os
 import signal
 import socket
 import statistics
@@ -50,6 +55,7 @@ SERVERS = {  # name -> (kind, extra env)
 @dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)
+    server_ms: list[float] = field(default_factory=list)  # the service's own elapsed_ms (front: decode + model call)
     rates: list[float] = field(default_factory=list)
     overloaded: int = 0
     errors: int = 0
@@ -197,6 +203,9 @@ async def load(url: str, images: list[bytes], requests: int, clients: int, tally
                     status = -1
                 if status == 200:
                     tally.latencies.append(time.perf_counter() - t0)
+                    elapsed = r.json().get("elapsed_ms")
+                    if elapsed is not None:
+                        tally.server_ms.append(float(elapsed))
                 elif status in (429, 503):
                     tally.overloaded += 1
                 else:
@@ -230,6 +239,54 @@ def report(results, peak, model_rates, names, conc) -> None:
                   f"{rate / model_rates[big]:>10.2f}" + (f"  errors by status {t.error_statuses}" if t.errors else ""))
 
 
+def decode_ms(images: list[bytes], folder: Path) -> float:
+    """Median ms the front spends per upload before the model call: decode + crop to uint8 views."""
+    from models.config import DetectorConfig
+    from service.verdict import prepare
+
+    cfg = DetectorConfig.load(folder / "detector.json")
+    times = []
+    for _ in range(3):
+        for data in images:
+            t0 = time.perf_counter()
+            prepare(data, cfg, 1 << 30, 1 << 30)
+            times.append(1000 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def model_metrics(url: str) -> dict[str, float]:
+    """Sums and counts of the model process's batch histograms, from the service's /metrics."""
+    out: dict[str, float] = {}
+    try:
+        text = httpx.get(url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return out
+    for line in text.splitlines():
+        for name in ("fakelens_model_batch_seconds", "fakelens_model_batch_size"):
+            for suffix in ("_sum", "_count"):
+                if line.startswith(name + suffix):
+                    out[name + suffix] = out.get(name + suffix, 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def breakdown(name: str, c: int, t: Tally, before: dict, after: dict, decode: float, model_rate: float) -> None:
+    """Where one request's time goes at this concurrency, each part measured (not a profile)."""
+    def delta(key):
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    calls = delta("fakelens_model_batch_seconds_count")
+    if not calls or not t.latencies:
+        print(f"{name:<10} {c:>7}  (no model metrics scraped from /metrics)")
+        return
+    batch_ms = 1000 * delta("fakelens_model_batch_seconds_sum") / calls
+    batch_n = delta("fakelens_model_batch_size_sum") / calls
+    client = 1000 * statistics.median(t.latencies)
+    server = statistics.median(t.server_ms) if t.server_ms else float("nan")
+    wait = server - decode - batch_ms  # queueing for a batch + the uint8 views' hop to the model process
+    print(f"{name:<10} {c:>7} {client:>9.1f} {client - server:>10.1f} {server:>9.1f} {decode:>8.1f} "
+          f"{wait:>13.1f} {batch_ms:>9.1f} {batch_n:>6.1f} {batch_ms / batch_n:>8.2f} {1000 / model_rate:>10.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests per server per concurrency setting")
@@ -256,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fakelens-bench-") as tmp:
         model = Path(tmp) / "model"
         save_model(model, args.arch)
+        decode = decode_ms(images, model)
         model_only = ModelOnly(model, images, args.device, args.model_batch)
         model_only.measure()
         procs = {name: start(name, model, Path(tmp), repos[name], args.device) for name in names}
@@ -265,14 +323,18 @@ def main(argv: list[str] | None = None) -> int:
             sampler = RssSampler({name: proc.pid for name, (proc, _) in procs.items()})
             sampler.start()
             results = {(n, c): Tally() for n in names for c in conc}
+            metrics = {}
             for c in conc:
                 per_round = max(1, args.requests // args.rounds)
                 for name in names:  # warm every server at this concurrency before measuring
                     asyncio.run(load(procs[name][1], images, min(per_round, 2 * c), c, Tally()))
+                before = {n: model_metrics(procs[n][1]) for n in names if SERVERS[n][0] == "bento"}
                 for _ in range(args.rounds):
                     for name in names:
                         asyncio.run(load(procs[name][1], images, per_round, c, results[name, c]))
                     model_only.measure((args.model_batch,))
+                for n in before:
+                    metrics[n, c] = (before[n], model_metrics(procs[n][1]))
                 print(f"done: {c} clients", file=sys.stderr, flush=True)
             sampler.done.set()
             sampler.join()
@@ -280,6 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             for proc, _ in procs.values():
                 stop(proc)
     report(results, sampler.peak, model_only.median(), names, conc)
+    rates = model_only.median()
+    print("\nper request, ms (medians; model columns from the service's batch histograms; "
+          "'queue + hop' = server - decode - batch call)")
+    print(f"{'server':<10} {'clients':>7} {'client ms':>9} {'HTTP+parse':>10} {'server ms':>9} {'decode':>8} "
+          f"{'queue + hop':>13} {'batch ms':>9} {'batch':>6} {'ms/img':>8} {'alone ms/img':>10}")
+    for (n, c), (before, after) in metrics.items():
+        breakdown(n, c, results[n, c], before, after, decode, rates[max(rates)])
     return 0
 
 
