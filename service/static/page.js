@@ -210,6 +210,7 @@ function setPending(item) {
 function showError(item, res) {
   const { kind, message } = errorBody(res.body);
   item.status = res.status === 401 ? 401 : "error";
+  item.view = null;
   item.error = {
     status: res.status,
     words: errorWords(res.status, kind, {
@@ -333,24 +334,38 @@ function makeRow(item) {
   link.textContent = item.file.name;
   th.append(link);
   tr.append(th);
-  for (let i = 0; i < 7; i += 1) tr.append(document.createElement("td"));
   $("#table tbody").append(tr);
   return tr;
 }
 
-function rowValues(item) {
+// [text, class] per cell after the file name; classes let narrow screens drop columns
+function rowCells(item) {
   const v = item.view;
-  if (item.status === "pending") return ["checking…", "", "", "", "", "", ""];
-  if (!v) return ["error", "", "", "", "", "", item.error ? item.error.words : ""];
+  if (item.status === "pending") return [["checking…", ""], ["", "wide"]];
+  if (!v) {
+    const e = item.error || {};
+    return [[e.status ? `error ${e.status}` : "error", ""], [e.words || "", "wide message"]];
+  }
   const size = v.media.width && v.media.height ? `${v.media.width}×${v.media.height}` : "";
-  return [v.label, fmt(v.score), fmt(v.threshold), v.band[1] > v.band[0] ? `${fmt(v.band[0])}–${fmt(v.band[1])}` : "",
-    [v.model.name, v.model.version].filter(Boolean).join(" "), size, ""];
+  const band = v.band[1] > v.band[0] ? `${fmt(v.band[0])}–${fmt(v.band[1])}` : "";
+  return [[v.label, ""], [fmt(v.score), ""], [fmt(v.threshold), "col-threshold"], [band, "col-band"],
+    [[v.model.name, v.model.version].filter(Boolean).join(" "), "col-model"], [size, "col-size"]];
 }
 
 function updateRow(item) {
-  const cells = item.row.querySelectorAll("td");
-  rowValues(item).forEach((text, i) => { cells[i].textContent = text; });
-  item.row.className = item.view ? `verdict-${item.view.label}` : item.status === "pending" ? "pending" : "error";
+  const row = item.row;
+  row.querySelectorAll("td").forEach((td) => td.remove());
+  for (const [text, cls] of rowCells(item)) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls.includes("wide")) td.colSpan = 5; // an error or a wait spans the number columns
+    td.className = cls;
+    row.append(td);
+  }
+  row.className = item.view ? `verdict-${item.view.label}` : item.status === "pending" ? "pending" : "error";
+  // models without an uncertain band leave that column empty: drop it
+  const anyBand = state.items.some((it) => it.view && it.view.band[1] > it.view.band[0]);
+  $("#table").classList.toggle("no-band", !anyBand);
 }
 
 function updateTable() {
