@@ -3,7 +3,7 @@
 
 import { FIELDS, ROUTES, errorBody, fromAnswer, heatFromExplain, pickField } from "./answer.js";
 import { drawFaces, drawHeatmap, drawTimeline, renderProvenance } from "./evidence.js";
-import { errorWords, mb, verdictWords } from "./words.js";
+import { errorWords, mb, reasonWords, verdictWords } from "./words.js";
 
 const KEY_STORE = "fakelens.apiKey"; // sessionStorage only: gone when the tab closes
 const PARALLEL = 3; // uploads in flight at once; the server batches them onto the model
@@ -245,7 +245,8 @@ function showResult(item) {
   card.className = `card verdict-${v.label}`;
   card.removeAttribute("aria-busy");
   $(".badge", card).textContent = words.title;
-  $(".verdict-text", card).textContent = v.reason ? `${words.text} Reason: ${v.reason}.` : words.text;
+  const why = reasonWords(v.reason);
+  $(".verdict-text", card).textContent = why ? `${words.text} ${why}` : words.text;
   drawScore(card, v);
   drawNumbers(card, v);
   drawFaces(card, v);

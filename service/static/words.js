@@ -6,6 +6,15 @@ export const VERDICTS = {
   uncertain: { title: "Uncertain", text: "The score lies in the model's uncertain band: too weak to act on either way." },
 };
 
+// why the server decided as it did, when it was not the model's score alone
+const REASONS = {
+  declared: "Decided by the file's own provenance: it declares itself AI-generated.",
+};
+
+export function reasonWords(reason) {
+  return REASONS[reason] || null;
+}
+
 export function verdictWords(label) {
   return VERDICTS[label] || { title: label || "Unknown", text: "The server gave no verdict." };
 }

@@ -260,7 +260,7 @@ def test_evidence_is_drawn_when_the_answer_has_it(page, files, page_server):
     sent = dict(page.evaluate("window.sentFields"))
     assert sent == {"/detect": ["image", "faces"], "/detect_video": ["video"]}
     c = card(page, "noise.png")
-    assert "Reason: declared" in c.locator(".verdict-text").inner_text()
+    assert "declares itself AI-generated" in c.locator(".verdict-text").inner_text()
     assert "declares itself AI-generated" in c.locator(".provenance").inner_text()
     assert c.locator(".face-box").count() == 1
     assert c.locator(".face-box").evaluate("e => [e.style.left, e.style.width]") == ["12.5%", "37.5%"]
