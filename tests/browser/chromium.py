@@ -12,7 +12,8 @@ import shutil
 # Flags for a quiet headless run in containers: no sandbox (root in CI), no GPU, and no
 # background traffic to Google's services (the page must work with no internet at all).
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage"]  # containers often give /dev/shm only 64 MB
 
 
 def find_chromium() -> str | None:

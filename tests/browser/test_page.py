@@ -202,14 +202,23 @@ def test_api_key_asked_for_then_used_from_session_storage_only(page, files):
     assert storage == [json.dumps({"fakelens.apiKey": KEY}, separators=(",", ":")), 0, ""]
 
 
-def test_page_is_open_self_contained_and_the_api_stays_protected(page, page_server):
+def test_page_is_open_and_the_api_stays_protected(page_server):
+    """Needs no browser: the guard lets the page's own GETs through and nothing else."""
     for path in ("/", "/page/page.js", "/page/page.css", "/page/answer.js", "/page/config.json"):
-        assert httpx.get(page_server + path).status_code == 200, path
+        r = httpx.get(page_server + path)
+        assert r.status_code == 200, path
+    assert httpx.head(page_server + "/").status_code == 200
+    config = httpx.get(page_server + "/page/config.json").json()
+    assert config["api_keys"] is True and config["max_bytes"] == MAX_BYTES
+    assert config["routes"]["/detect"] == ["image"]
     assert httpx.post(page_server + "/", files={"image": ("a.png", b"x")}).status_code == 401
     assert httpx.post(page_server + "/detect", files={"image": ("a.png", b"x")}).status_code == 401
     assert httpx.get(page_server + "/docs.json").status_code == 401
     for sneaky in ("/page/..%2fservice.py", "/page/%2e%2e/%2e%2e/service/service.py"):
         assert httpx.get(page_server + sneaky).status_code in (401, 404), sneaky
+
+
+def test_page_is_self_contained(page, page_server):
     # nothing in the page points outside this server (the SVG namespace is a name, not a fetch)
     for f in STATIC.iterdir():
         urls = set(re.findall(r"(?:https?:)?//[\w.-]+\.\w+", f.read_text())) - {"http://www.w3.org"}
