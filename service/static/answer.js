@@ -16,6 +16,8 @@ export const FIELDS = {
   video: ["video", "file"],
   explain: ["image"],
   faceMode: ["faces", "face_mode", "face"],
+  // /explain's option to skip its overlay PNG: the page draws the grid itself
+  explainOverlay: ["overlay"],
 };
 
 export function pickField(config, route, candidates) {
@@ -34,10 +36,12 @@ function box(face) {
   return null;
 }
 
+// one row of /detect_video's `timeline` (models/video.py summarize_video)
 function frame(f, i) {
   return {
-    index: f.index ?? f.frame ?? i,
-    time: num(f.time_s ?? f.t ?? f.time ?? f.pts_s),
+    index: f.index ?? i,
+    time: num(f.time_s),
+    keyframe: Boolean(f.keyframe),
     score: num(f.score),
     label: f.label ?? null,
   };
@@ -48,7 +52,7 @@ function frame(f, i) {
 function heatmap(h) {
   if (!h || typeof h !== "object") return null;
   const grid = h.values ?? h.grid ?? null;
-  let png = h.overlay_png ?? h.png ?? null;
+  let png = h.overlay_png_base64 ?? h.overlay_png ?? null;
   if (typeof png === "string" && !png.startsWith("data:")) png = `data:image/png;base64,${png}`;
   if (!Array.isArray(grid) && !png) return null;
   return {
@@ -64,18 +68,26 @@ function heatmap(h) {
 export function heatFromExplain(body) {
   if (!body || typeof body !== "object") return null;
   const h = heatmap(body.heatmap ?? body);
-  if (h && !h.png && (body.overlay_png || body.png)) h.png = heatmap({ png: body.overlay_png ?? body.png }).png;
+  const png = body.overlay_png_base64 ?? body.overlay_png;
+  if (h && !h.png && png) h.png = heatmap({ overlay_png: png }).png;
   return h;
 }
 
-/** An API answer (/detect, /detect_video or a /detect_batch item) -> what a card shows. */
+/**
+ * An API answer (/detect, /detect_video, /explain or a /detect_batch item) -> what a card shows.
+ * Shapes: service/verdict.py (label, score, threshold, uncertain_band, model, image), models/
+ * provenance.py (provenance), models/faces.py (faces: {faces: [...], face_found, note}),
+ * models/explain.py (heatmap), models/video.py (video, timeline, mean/max/share_flagged).
+ */
 export function fromAnswer(a) {
   const threshold = num(a.threshold);
   const band = Array.isArray(a.uncertain_band) && a.uncertain_band.length === 2
     ? a.uncertain_band.map(Number) : [threshold, threshold];
   const model = a.model || {};
   const media = a.image || a.video || {};
-  const frames = a.frames ?? a.timeline ?? (a.video && a.video.frames_scored) ?? null;
+  const faceMode = Array.isArray(a.faces) ? { faces: a.faces } : a.faces || null;
+  const faces = faceMode && Array.isArray(faceMode.faces) ? faceMode.faces : [];
+  const timeline = a.timeline ?? null;
   return {
     label: a.label ?? null, // synthetic | real | uncertain, decided by the server (models/verdict.py)
     score: num(a.score),
@@ -84,20 +96,20 @@ export function fromAnswer(a) {
     reason: a.reason ?? null, // "declared" when the file's own provenance made it synthetic, else "model"
     model: { name: model.name ?? null, version: model.version ?? null, backend: model.backend ?? null,
              device: model.device ?? null },
-    media: { format: media.format ?? null, width: num(media.width), height: num(media.height),
-             frames: num(media.frames), duration: num(media.duration_s ?? media.duration),
+    media: { format: media.format ?? media.container ?? null, width: num(media.width), height: num(media.height),
+             frames: num(media.frames), duration: num(media.duration_s), fps: num(media.fps),
              note: media.note ?? null },
     elapsedMs: num(a.elapsed_ms),
     provenance: a.provenance && typeof a.provenance === "object" ? a.provenance : null,
-    faces: Array.isArray(a.faces)
-      ? a.faces.map((f) => ({ box: box(f), score: num(f.score), label: f.label ?? null,
-                              confidence: num(f.confidence) })).filter((f) => f.box)
-      : [],
+    faces: faces.map((f) => ({ box: box(f), score: num(f.score), label: f.label ?? null,
+                               confidence: num(f.confidence) })).filter((f) => f.box),
     // face mode with no face: the whole image was scored and the answer says so
-    facesNote: a.face_found === false ? (a.face_note ?? "no face found: the whole image was scored") : null,
+    facesNote: faceMode && faceMode.face_found === false
+      ? (faceMode.note ?? "no face found: the whole image was scored") : null,
     heatmap: heatmap(a.heatmap),
-    frames: Array.isArray(frames) ? frames.map(frame) : [],
-    aggregate: a.aggregate && typeof a.aggregate === "object" ? a.aggregate : null,
+    frames: Array.isArray(timeline) ? timeline.map(frame) : [],
+    aggregate: Array.isArray(timeline) ? { rule: a.aggregate ?? null, mean: num(a.mean), max: num(a.max),
+                                           shareFlagged: num(a.share_flagged) } : null,
   };
 }
 

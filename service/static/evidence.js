@@ -24,7 +24,7 @@ export function drawFaces(card, v) {
   if (!v.faces.length) {
     if (v.facesNote) {
       const li = document.createElement("li");
-      li.textContent = `${v.facesNote}; the whole image was scored.`;
+      li.textContent = v.facesNote;
       list.append(li);
     }
     return;

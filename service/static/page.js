@@ -297,6 +297,12 @@ function drawNumbers(card, v) {
   const size = m.width && m.height ? `${m.width} × ${m.height}` : "";
   add("File", [m.format, size, m.duration ? `${m.duration.toFixed(1)} s` : ""].filter(Boolean).join(", "));
   add("Note", m.note);
+  const agg = v.aggregate;
+  if (agg) {
+    const share = agg.shareFlagged == null ? "" : `, ${Math.round(agg.shareFlagged * 100)}% of frames flagged`;
+    add("Frames", `${v.frames.length} scored: mean ${fmt(agg.mean)}, max ${fmt(agg.max)}${share}` +
+      (agg.rule ? `; verdict on the ${agg.rule}` : ""));
+  }
   add("Time", v.elapsedMs == null ? null : `${Math.round(v.elapsedMs)} ms`);
 }
 
@@ -310,6 +316,8 @@ async function toggleHeat(item) {
     note.textContent = "Computing the heatmap…";
     const form = new FormData();
     form.append(pickField(state.config, ROUTES.explain, FIELDS.explain), item.file, item.file.name);
+    const overlayField = pickField(state.config, ROUTES.explain, FIELDS.explainOverlay);
+    if (overlayField) form.append(overlayField, "false"); // the grid is enough: the page draws it
     const res = await post(ROUTES.explain, form);
     const heat = res.ok ? heatFromExplain(res.body) : null;
     if (!heat) {
@@ -392,7 +400,7 @@ export function csvText(items) {
     const v = it.view;
     const row = v
       ? [it.file.name, v.label, v.score, v.threshold, v.band[0], v.band[1], v.model.name, v.model.version,
-        v.media.format, v.media.width, v.media.height, v.media.frames, v.reason, "", ""]
+        v.media.format, v.media.width, v.media.height, v.media.frames ?? (v.frames.length || null), v.reason, "", ""]
       : [it.file.name, "", "", "", "", "", "", "", "", "", "", "", "", it.error ? it.error.status : "",
         it.error ? it.error.words : "pending"];
     lines.push(row.map(csvCell).join(","));

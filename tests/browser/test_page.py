@@ -232,32 +232,42 @@ def test_page_is_self_contained(page, page_server):
 
 
 def evidence_answer(api: dict) -> dict:
-    """A real /detect answer with the parts the evidence work adds, in models/*.py's shapes."""
+    """A real /detect answer plus what the evidence work adds, in the shapes of models/provenance.py
+    and models/faces.py (face mode: `faces` is {faces, face_found, max_face})."""
     return {
         **api,
         "label": "synthetic", "reason": "declared",
         "provenance": {"declared_ai": True, "declared_by": ["png text 'parameters' (Stable Diffusion web UI)"],
                        "c2pa": {"status": "absent"}, "exif": {"software": "test"}, "warnings": []},
-        "faces": [{"box": [8, 6, 24, 20], "confidence": 0.93, "score": 0.71, "label": "synthetic"}],
-        "face_found": True,
+        "faces": {"faces": [{"box": [8, 6, 24, 20], "confidence": 0.93, "score": 0.71, "label": "synthetic"}],
+                  "face_found": True, "max_face": 0},
     }
+
+
+def video_answer(api: dict) -> dict:
+    """A /detect_video answer in models/video.py's shape (summarize_video) around a real answer's rule."""
+    timeline = [{"index": i * 12, "time_s": i / 2, "keyframe": i == 0, "score": s, "label": lab}
+                for i, (s, lab) in enumerate([(0.2, "real"), (0.5, "uncertain"), (0.9, "synthetic")])]
+    return {"label": "uncertain", "score": 0.5333, "aggregate": "mean", "mean": 0.5333, "max": 0.9,
+            "share_flagged": 1 / 3, "frames_scored": 3, "reason": "model",
+            "video": {"container": "mp4", "codec": "h264", "width": 64, "height": 48, "duration_s": 1.5, "fps": 24.0},
+            "timeline": timeline, "threshold": api["threshold"], "uncertain_band": api["uncertain_band"],
+            "model": api["model"], "provenance": {"declared_ai": False, "declared_by": [], "warnings": [],
+                                                  "note": "absence of provenance metadata is not evidence"}}
 
 
 def test_evidence_is_drawn_when_the_answer_has_it(page, files, page_server):
     config = httpx.get(page_server + "/page/config.json").json()
-    config["routes"].update({"/detect": ["faces", "image"], "/detect_video": ["video"], "/explain": ["image"]})
+    config["routes"].update({"/detect": ["faces", "image"], "/explain": ["grid", "image", "overlay"],
+                             "/detect_video": ["aggregate", "faces", "frames", "keyframes", "per_second", "video"]})
     real = httpx.post(page_server + "/detect", headers={"Authorization": f"Bearer {KEY}"},
                       files={"image": ("noise.png", files["noise.png"].read_bytes())}).json()
     heat = {"values": [[0.5, None], [-0.25, 1.0]], "rows": 2, "cols": 2, "origin": [16, 8], "cell_px": 16,
-            "image_size": [64, 48]}
-    frames = [{"index": i, "time_s": i / 2, "score": s, "label": lab}
-              for i, (s, lab) in enumerate([(0.2, "real"), (0.5, "uncertain"), (0.9, "synthetic")])]
-    video = {**real, "label": "synthetic", "score": 0.9, "image": None,
-             "video": {"format": "mp4", "duration_s": 1.5}, "frames": frames}
+            "image_size": [64, 48], "base_logit": 0.1}
     page.route("**/page/config.json", lambda route: route.fulfill(json=config))
     page.route("**/detect", lambda route: route.fulfill(json=evidence_answer(real)))
-    page.route("**/explain", lambda route: route.fulfill(json={"heatmap": heat}))
-    page.route("**/detect_video", lambda route: route.fulfill(json=video))
+    page.route("**/explain", lambda route: route.fulfill(json={**real, "heatmap": heat}))
+    page.route("**/detect_video", lambda route: route.fulfill(json=video_answer(real)))
     record_form_fields(page)
     page.reload()
     page.wait_for_selector("body[data-ready='1']")
@@ -266,8 +276,6 @@ def test_evidence_is_drawn_when_the_answer_has_it(page, files, page_server):
     page.set_input_files("#file-input", [str(files["noise.png"]), str(files["clip.mp4"])])
     settle(page, 2)
 
-    sent = dict(page.evaluate("window.sentFields"))
-    assert sent == {"/detect": ["image", "faces"], "/detect_video": ["video"]}
     c = card(page, "noise.png")
     assert "declares itself AI-generated" in c.locator(".verdict-text").inner_text()
     assert "declares itself AI-generated" in c.locator(".provenance").inner_text()
@@ -282,10 +290,16 @@ def test_evidence_is_drawn_when_the_answer_has_it(page, files, page_server):
     assert overlay.count() == 0
 
     v = card(page, "clip.mp4")
-    assert v.locator(".badge").inner_text() == "Synthetic"
+    assert v.locator(".badge").inner_text() == "Uncertain"
     assert v.locator(".timeline rect.bar").count() == 3
     assert v.locator(".timeline tbody tr").count() == 3
     assert "3 frames scored; 1 flagged synthetic" in v.locator(".timeline svg").get_attribute("aria-label")
+    assert "3 scored: mean 0.533, max 0.900, 33% of frames flagged; verdict on the mean" in v.inner_text()
+    assert "not evidence" in v.locator(".provenance").inner_text()
+
+    sent = page.evaluate("window.sentFields")
+    assert sorted(sent) == [["/detect", ["image", "faces"]], ["/detect_video", ["video", "faces"]],
+                            ["/explain", ["image", "overlay"]]]
 
 
 def test_keyboard_only(page, files):
