@@ -207,9 +207,14 @@ def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
         )
 
 
-def load_detector(source: str | Path, backend: str = "auto", device: str = "auto") -> Detector:
-    """Load a detector from a model/run/export folder or a model-store tag."""
+def load_detector(source: str | Path | None = "default", backend: str = "auto", device: str = "auto") -> Detector:
+    """Load a detector from a model/run/export folder, a model-store tag, or "default" (None):
+    the detector that ships with fakelens (models/default_model.py)."""
+    from models import default_model
+
     device = resolve_device(device)
+    if default_model.is_default(source):
+        source = default_model.resolve(backend)
     folder, cfg = locate(source)
     name = default_backend(folder, device) if backend == "auto" else backend
     if name not in BACKENDS:
