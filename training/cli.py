@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("out", help="output folder (created; an earlier demo-data output there is replaced)")
     demo.add_argument("--n", type=int, default=200, help="number of images, half real, half fake (default 200)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--photos", action="store_true",
+                      help="instead: write scikit-image's bundled camera photographs (real) to OUT/real/")
     demo.set_defaults(run=run_demo_data)
 
     p = sub.add_parser("train", help="fine-tune a timm model into a real-vs-synthetic detector")
@@ -128,8 +130,11 @@ def _setup_logging() -> None:
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
-    from training.demo_data import write_demo_dataset
+    from training.demo_data import PHOTOS, write_demo_dataset, write_demo_photos
 
+    if args.photos:
+        print(f"wrote {len(PHOTOS)} photographs to {write_demo_photos(args.out)}/real")
+        return 0
     start = time.perf_counter()
     manifest = write_demo_dataset(args.out, n=args.n, seed=args.seed)
     print(f"wrote {args.n} images and {manifest} in {time.perf_counter() - start:.1f} s")

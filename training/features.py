@@ -43,11 +43,13 @@ def sample_key(s: Sample) -> str:
     return f"{p.parent.name}/{p.name}:{p.stat().st_size}"
 
 
-def cache_key(det_cfg: DetectorConfig, aug: AugmentConfig, seed: int, views: int, salt: str = "") -> str:
+def cache_key(det_cfg: DetectorConfig, aug: AugmentConfig, seed: int, salt: str = "") -> str:
+    """What a cached feature depends on. Not the number of views: view v is the same whatever K,
+    so runs with more views extend the same cache."""
     ident = {
         "arch": det_cfg.arch, "model_kwargs": det_cfg.model_kwargs, "blocks": det_cfg.blocks,
         "weights": [det_cfg.backbone_weights, det_cfg.backbone_sha256], "preprocess": asdict(det_cfg.preprocess),
-        "aug": asdict(aug), "seed": seed, "views": views, "salt": salt,
+        "aug": asdict(aug), "seed": seed, "salt": salt,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -125,7 +125,7 @@ def build_cache(cfg: TrainConfig, det: DetectorConfig, model: torch.nn.Module, t
                 others: list[Sample], device: str) -> FeatureCache:
     """Fill the cache for every view the run will read: view 0 of all samples, 1..K of train."""
     aug = augment_config(cfg)
-    cache = FeatureCache(feature_cache_dir(cache_key(det, aug, cfg.seed, cfg.feature_views)))
+    cache = FeatureCache(feature_cache_dir(cache_key(det, aug, cfg.seed)))
     todo = [(s, 0) for s in train + others] + [(s, v) for v in range(1, cfg.feature_views + 1) for s in train]
     if any(not cache.has(sample_key(s), v) for s, v in todo):
         extract = TapExtractor(model.taps, device, det.preprocess.img_size)
