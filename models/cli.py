@@ -57,9 +57,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from models.store import list_models
-
     from models.default_model import DEFAULT_DIR, default_config
+    from models.store import list_models
 
     cfg = default_config()
     val = (cfg.metrics.get("val") or {}).get("auc")
