@@ -185,8 +185,12 @@ def default_backend(folder: Path, device: str) -> str:
 
         has_cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
         return "onnx-fp16" if has_cuda_ort and (folder / ONNX_FP16_FILE).is_file() else "torchscript"
-    parity = read_metadata(folder).get("parity", {})
+    meta = read_metadata(folder)
+    parity = meta.get("parity", {})
     openvino_ok = isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True
+    # Measured on validation images at export (--data): a runtime whose verdicts drift is not offered.
+    validation = meta.get("validation") or {}
+    openvino_ok = openvino_ok and validation.get("openvino", {}).get("offered", True)
     return "openvino" if openvino_ok else "onnx"
 
 
