@@ -21,6 +21,14 @@ from starlette.staticfiles import StaticFiles
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = "/page"  # URL prefix of the page's own files and config
+# The browser enforces "self-contained": scripts, styles and requests only from this server;
+# images and videos also from the page's own blob: previews and data: heatmap overlays.
+HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+                               "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def is_page_request(method: str, path: str) -> bool:
@@ -43,7 +51,7 @@ def page_app(service, settings) -> Starlette:
 
     async def index(_: Request):
         # no-cache: after an upgrade the browser must not keep an old page against a new API
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache", **HEADERS})
 
     async def page_config(_: Request):
         nonlocal config

@@ -10,7 +10,7 @@ const PARALLEL = 3; // uploads in flight at once; the server batches them onto t
 const VIDEO_EXT = /\.(mp4|m4v|mov|webm|mkv|avi|mpe?g)$/i;
 
 const $ = (sel, root = document) => root.querySelector(sel);
-const state = { config: null, items: [], queue: [], running: 0, done: 0 };
+const state = { config: null, items: [], queue: [], running: 0 };
 const fmt = (v, digits = 3) => (v == null ? "" : v.toFixed(digits));
 
 // ---- setup -------------------------------------------------------------------------------
@@ -115,7 +115,6 @@ function pump() {
     state.running += 1;
     send(item).finally(() => {
       state.running -= 1;
-      state.done += 1;
       announceProgress();
       pump();
     });
@@ -426,7 +425,6 @@ function clearAll() {
     it.row.remove();
   }
   state.items = [];
-  state.done = 0;
   updateTable();
   announce("Cleared.");
   $("#file-input").focus();

@@ -87,11 +87,13 @@ def browser():
 
 
 def open_page(browser, url: str, request, viewport=DESKTOP, **context_kw):
-    """A fresh browser context on the page; fails the test on any uncaught JavaScript error."""
+    """A fresh browser context on the page; fails the test on an uncaught JavaScript error or a
+    Content-Security-Policy violation (something the page tried to load from elsewhere)."""
     context = browser.new_context(viewport=viewport, accept_downloads=True, **context_kw)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     page.goto(url + "/")
     page.wait_for_selector("body[data-ready='1']")
     try:
@@ -104,7 +106,7 @@ def open_page(browser, url: str, request, viewport=DESKTOP, **context_kw):
             print(f"screenshot of the failing page: {shot}")
     finally:
         context.close()
-    assert not errors, f"uncaught JavaScript errors on the page: {errors}"
+    assert not errors, f"JavaScript errors or CSP violations on the page: {errors}"
 
 
 @pytest.fixture

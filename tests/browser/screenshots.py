@@ -63,8 +63,8 @@ def main() -> None:
                 page.goto(url + "/")
                 page.wait_for_selector("body[data-ready='1']")
                 page.set_input_files("#file-input", [str(f) for f in args.files])
-                page.wait_for_function(f"document.querySelectorAll('article.card').length === {len(args.files)}"
-                                       " && !document.querySelector('.card.pending')")
+                page.wait_for_function("n => document.querySelectorAll('article.card').length === n"
+                                       " && !document.querySelector('.card.pending')", arg=len(args.files))
                 shot = args.out / f"page-{name}.png"
                 page.screenshot(path=str(shot))
                 Image.open(shot).convert("RGB").quantize(256).save(shot, optimize=True)

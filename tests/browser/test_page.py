@@ -89,8 +89,10 @@ def record_form_fields(page) -> None:
 
 
 def settle(page, n: int) -> None:
+    # a function, not an expression: Playwright evals expressions, which the page's CSP forbids
     page.wait_for_function(
-        f"document.querySelectorAll('article.card').length === {n} && !document.querySelector('.card.pending')")
+        "n => document.querySelectorAll('article.card').length === n && !document.querySelector('.card.pending')",
+        arg=n)
 
 
 def card(page, name: str):
@@ -208,6 +210,7 @@ def test_page_is_open_and_the_api_stays_protected(page_server):
         r = httpx.get(page_server + path)
         assert r.status_code == 200, path
     assert httpx.head(page_server + "/").status_code == 200
+    assert "default-src 'self'" in httpx.get(page_server + "/").headers["content-security-policy"]
     config = httpx.get(page_server + "/page/config.json").json()
     assert config["api_keys"] is True and config["max_bytes"] == MAX_BYTES
     assert config["routes"]["/detect"] == ["image"]
