@@ -305,6 +305,29 @@ def test_evidence_is_drawn_when_the_answer_has_it(page, files, page_server):
                             ["/explain", ["image", "overlay"]]]
 
 
+def test_drop_and_paste(page, files):
+    use_key(page)
+    data = list(files["photo.jpg"].read_bytes())
+    transfer = page.evaluate_handle("""bytes => {
+        const t = new DataTransfer();
+        t.items.add(new File([new Uint8Array(bytes)], "dropped.jpg", {type: "image/jpeg"}));
+        return t;
+    }""", data)
+    page.dispatch_event("#drop", "dragover", {"dataTransfer": transfer})
+    assert "over" in page.locator("#drop").get_attribute("class")  # the drop zone lights up
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    settle(page, 1)
+    assert card(page, "dropped.jpg").locator(".badge").inner_text() in TITLES.values()
+    page.evaluate("""bytes => {
+        const t = new DataTransfer();
+        t.items.add(new File([new Uint8Array(bytes)], "pasted.jpg", {type: "image/jpeg"}));
+        window.dispatchEvent(new ClipboardEvent("paste", {clipboardData: t}));
+    }""", data)
+    settle(page, 2)
+    assert card(page, "pasted.jpg").locator("dd.score").inner_text() == \
+        card(page, "dropped.jpg").locator("dd.score").inner_text()
+
+
 def test_keyboard_only(page, files):
     use_key(page)
     page.evaluate("document.activeElement.blur()")
