@@ -96,7 +96,7 @@ export function fromAnswer(a) {
     reason: a.reason ?? null, // "declared" when the file's own provenance made it synthetic, else "model"
     model: { name: model.name ?? null, version: model.version ?? null, backend: model.backend ?? null,
              device: model.device ?? null },
-    media: { format: media.format ?? media.container ?? null, width: num(media.width), height: num(media.height),
+    media: { format: media.format ?? media.codec ?? media.container ?? null, width: num(media.width), height: num(media.height),
              frames: num(media.frames), duration: num(media.duration_s), fps: num(media.fps),
              note: media.note ?? null },
     elapsedMs: num(a.elapsed_ms),

@@ -134,6 +134,7 @@ function renderValue(value, depth) {
     return ol;
   }
   if (typeof value === "object") {
+    if (Object.keys(value).length === 0) return document.createTextNode("—");
     if (depth > 3) return document.createTextNode(JSON.stringify(value));
     const dl = document.createElement("dl");
     for (const [k, x] of Object.entries(value)) {
