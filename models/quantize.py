@@ -142,9 +142,10 @@ def speeds(folder: Path, cfg: DetectorConfig, names: Sequence[str], views: list[
 
 
 def float_default(meta: dict[str, Any]) -> str:
-    """What `auto` runs on CPU without int8: OpenVINO (bf16 where the CPU has it) if its parity passed."""
-    parity = meta.get("parity", {})
-    return "openvino" if isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True else "onnx"
+    """What `auto` runs on CPU without int8 (the runtime int8 has to beat)."""
+    from models.runtime import cpu_float_backend
+
+    return cpu_float_backend(meta)
 
 
 def int8_candidates() -> list[str]:

@@ -204,8 +204,17 @@ def default_backend(folder: Path, device: str) -> str:
     int8 = _quantize.offered_backend(meta)
     if int8 is not None and (folder / _quantize.INT8_STATIC_FILE).is_file():
         return int8
+    return cpu_float_backend(meta)
+
+
+def cpu_float_backend(meta: dict) -> str:
+    """The CPU default without int8: OpenVINO (bf16 where the CPU has it) if its parity passed
+    and its validation verdicts held, else ONNX Runtime fp32."""
     parity = meta.get("parity", {})
     openvino_ok = isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True
+    # Measured on validation images at export (--data): a runtime whose verdicts drift is not offered.
+    validation = meta.get("validation") or {}
+    openvino_ok = openvino_ok and validation.get("openvino", {}).get("offered", True)
     return "openvino" if openvino_ok else "onnx"
 
 
@@ -226,9 +235,14 @@ def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
         )
 
 
-def load_detector(source: str | Path, backend: str = "auto", device: str = "auto") -> Detector:
-    """Load a detector from a model/run/export folder or a model-store tag."""
+def load_detector(source: str | Path | None = "default", backend: str = "auto", device: str = "auto") -> Detector:
+    """Load a detector from a model/run/export folder, a model-store tag, or "default" (None):
+    the detector that ships with fakelens (models/default_model.py)."""
+    from models import default_model
+
     device = resolve_device(device)
+    if default_model.is_default(source):
+        source = default_model.resolve(backend)
     folder, cfg = locate(source)
     name = default_backend(folder, device) if backend == "auto" else backend
     if name not in BACKENDS:

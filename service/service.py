@@ -30,6 +30,7 @@ from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from service.errors import Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
+from service.page import page_app
 from service.settings import ServeSettings
 from service.verdict import Prepared, item_error, prepare, verdict
 
@@ -177,3 +178,5 @@ class Detector:
 
 
 Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)
+# The analyst's page at `/` (service/page.py); BentoML matches it only on the page's own routes.
+Detector.mount_asgi_app(page_app(Detector, SETTINGS), path="/")
