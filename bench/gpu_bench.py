@@ -80,6 +80,15 @@ def model_flops(model: torch.nn.Module, size: int, device: str) -> float:
     return float(counter.get_total_flops())
 
 
+def ceiling_line(model: torch.nn.Module, size: int, rate_img_s: float, device: str, seconds: float = 0.5) -> str:
+    """One line for any bench: the bf16 GEMM ceiling measured now and a model rate against it."""
+    ceiling = gemm_tflops(device, seconds)
+    flops = model_flops(model, size, device)
+    achieved = rate_img_s * flops / 1e12
+    return (f"bf16 GEMM ceiling (same run, {device}): {ceiling:.2f} TFLOP/s; model {flops / 1e9:.2f} GFLOP/img, "
+            f"so {rate_img_s:.1f} img/s = {achieved:.3f} TFLOP/s = {100 * achieved / ceiling:.0f}% of the ceiling")
+
+
 def build(arch: str, small: bool) -> torch.nn.Module:
     import timm
 

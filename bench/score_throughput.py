@@ -175,6 +175,10 @@ def main() -> None:
         for key, rates in results.items():
             med = statistics.median(rates)
             print(f"| {labels.get(key, key)} | {med:.1f} | {med / m:.2f} | {', '.join(f'{x:.1f}' for x in rates)} |")
+        from bench.gpu_bench import ceiling_line, model_flops  # noqa: F401
+        from models.network import build_network
+
+        print(ceiling_line(build_network(detector.config).eval(), 224, m, args.device))
         # On a CPU-only box decoding and inference share the cores, so even perfect overlap
         # cannot beat doing both jobs' CPU work back to back: 1 / (1/model + 1/decode).
         print(f"| CPU-shared ceiling 1/(1/model + 1/decode) | {1 / (1 / m + 1 / d):.1f} | "

@@ -133,7 +133,7 @@ def start(name: str, model: Path, log_dir: Path, repo: Path = REPO, device: str 
     return proc, f"http://127.0.0.1:{port}"
 
 
-def wait_ready(proc: subprocess.Popen, url: str, probe: str, timeout: float = 180) -> None:
+def wait_ready(proc: subprocess.Popen, url: str, probe: str, timeout: float = 420) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -346,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                 stop(proc)
     report(results, sampler.peak, model_only.median(), names, conc)
     rates = model_only.median()
+    from bench.gpu_bench import ceiling_line
+
+    print(ceiling_line(model_only.det.backend.model, 224, rates[max(rates)], args.device))
     print("\nper request, ms (medians; model columns from the service's batch histograms; "
           "'queue + hop' = server - decode - batch call)")
     print(f"{'server':<10} {'clients':>7} {'client ms':>9} {'HTTP+parse':>10} {'server ms':>9} {'decode':>8} "
