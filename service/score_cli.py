@@ -36,9 +36,10 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=0, help="decode threads (local) or actors (ray); 0 = auto")
     p.add_argument(
         "--decode",
-        choices=("processes", "threads"),
-        default="processes",
-        help="local engine: decode in worker processes (default; no GIL contention with the model) or threads",
+        choices=("auto", "processes", "threads"),
+        default="auto",
+        help="local engine: decode in worker processes (no GIL contention with the model) or threads; "
+        "auto = processes on hosts with 8+ cores",
     )
     p.add_argument("--only-synthetic", action="store_true", help="write only rows flagged synthetic")
     p.add_argument("--engine", choices=("local", "ray"), default="local")

@@ -69,14 +69,16 @@ def test_csv_and_parquet_hold_the_same_rows(images, reference, tiny_checkpoint, 
 
 
 def test_thread_decoding_gives_the_same_rows_as_process_decoding(images, reference, tiny_checkpoint, tmp_path):
-    """The default decodes in worker processes (uint8 views come back by pickle); threads must agree exactly."""
-    out = tmp_path / "threads.jsonl"
-    score_files(images, out, opts(tiny_checkpoint, decode="threads"))
-    assert read_rows(out) == reference[0]
+    """Worker processes (uint8 views come back by pickle) and threads must agree exactly."""
+    rows = {}
+    for mode in ("processes", "threads"):
+        score_files(images, tmp_path / f"{mode}.jsonl", opts(tiny_checkpoint, decode=mode))
+        rows[mode] = read_rows(tmp_path / f"{mode}.jsonl")
+    assert rows["processes"] == rows["threads"] == reference[0]
 
 
 def test_unknown_decode_mode_is_refused_with_the_choices(tiny_checkpoint):
-    with pytest.raises(ValueError, match="processes, threads"):
+    with pytest.raises(ValueError, match="auto, processes, threads"):
         opts(tiny_checkpoint, decode="gpu")
 
 
