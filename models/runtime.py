@@ -77,7 +77,11 @@ class Detector:
         if not views:
             return np.zeros(0)
         counts = [len(v) for v in views]
-        if all(np.issubdtype(v.dtype, np.integer) for v in views):
+        integer = [np.issubdtype(v.dtype, np.integer) for v in views]
+        if any(integer) and not all(integer):
+            raise ValueError("views mix pixel (integer, V x S x S x 3) and normalised (float, V x 3 x S x S) "
+                             "arrays; cut them all with eval_pixels (or all with eval_views)")
+        if all(integer):
             # uint8 and int16 (padded) items concatenate to int16; -1 stays the padding mark
             pixels = torch.from_numpy(np.concatenate(views))
             device = getattr(self.backend, "input_device", "cpu")
