@@ -74,6 +74,7 @@ class Overloaded(ServiceError):
 # ImageError.kind -> the error class answered for it.
 IMAGE_ERRORS: dict[str, type[ServiceError]] = {
     "empty": BadRequest,
+    "too_large": PayloadTooLarge,
     "not_image": UnsupportedMediaType,
     "unsupported_format": UnsupportedMediaType,
     "truncated": Unprocessable,

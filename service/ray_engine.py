@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.score import ScoreOptions, Summary, prepare, score_prepared
+from models.prepare import Limits
+from service.score import ScoreOptions, Summary, read_and_prepare, score_prepared
 from service.writers import COLUMNS, arrow_schema, output_format, state_dir, write_table
 
 INDEX = "_index"
@@ -37,16 +38,16 @@ class ScoreActor:
         from models.runtime import load_detector
 
         self.detector = load_detector(model, backend, device)
-        self.max_pixels = max_pixels
+        self.limits = Limits(max_pixels=max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
         import torch
 
-        pre = self.detector.config.preprocess
+        cfg = self.detector.config
         with torch.inference_mode():
             rows = score_prepared(
-                self.detector, [prepare(str(p), pre, self.max_pixels) for p in batch["path"]]
+                self.detector, [read_and_prepare(str(p), cfg, self.limits) for p in batch["path"]]
             )
         table = pa.Table.from_pylist(rows, schema=arrow_schema())
         return table.append_column(INDEX, pa.array(np.asarray(batch[INDEX], dtype=np.int64)))

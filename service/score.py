@@ -2,8 +2,8 @@
 
     fakelens score photos/ more.csv -o scores.jsonl --model /tmp/export --batch-size 32 --workers 4
 
-Worker threads read, decode (`models.preprocess.decode_image`) and build each image's
-views (`eval_views`) while the main thread runs the model on the previous batch: both
+Worker threads read each input and run `models.prepare.prepare` on it (the same
+decode-and-cut as the HTTP service) while the main thread runs the model on the previous batch: both
 Pillow's decoders and the model call (ONNX Runtime / torch) release the GIL, so they
 overlap. At most `prefetch` batches are decoded ahead, which bounds memory. Rows come
 out in input order and each batch is committed through `service.writers`, so a killed
@@ -24,12 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
-    decode_image,
-    eval_views,
-)
+from models.config import DetectorConfig
+from models.prepare import Limits, prepare
+from models.preprocess import DEFAULT_MAX_PIXELS, ImageError
 from models.verdict import label_for
 from service.inputs import fingerprint, read_bytes
 from service.writers import JobHeader, JobState, Progress, open_sink, output_format
@@ -90,7 +87,8 @@ class Prepared:
     error: str | None = None
 
 
-def prepare(path: str, pre, max_pixels: int) -> Prepared:
+def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits) -> Prepared:
+    """Read one input and run models.prepare on it; a bad input becomes a row error, not an exception."""
     try:
         data = read_bytes(path)
     except OSError as e:
@@ -98,10 +96,10 @@ def prepare(path: str, pre, max_pixels: int) -> Prepared:
             path, None, error=f"unreadable: {e.strerror or e}; check the path and its permissions"
         )
     try:
-        img, facts = decode_image(data, max_pixels)
-        return Prepared(path, eval_views(img, pre), facts.width, facts.height)
+        item = prepare(data, cfg, limits)
     except ImageError as e:
         return Prepared(path, None, error=f"{e.kind}: {e}")
+    return Prepared(path, item.views, item.facts.width, item.facts.height)
 
 
 def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
@@ -161,7 +159,7 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobState, sink, bar) -> None:
-    pre = detector.config.preprocess
+    cfg, limits = detector.config, Limits(max_pixels=opts.max_pixels)
     batches = _chunks(todo, opts.batch_size)
     with ThreadPoolExecutor(opts.workers or default_workers(), thread_name_prefix="decode") as pool:
         pending: deque[list[Future]] = deque()
@@ -169,7 +167,7 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
         def submit_next() -> None:
             chunk = next(batches, None)
             if chunk is not None:
-                pending.append([pool.submit(prepare, p, pre, opts.max_pixels) for p in chunk])
+                pending.append([pool.submit(read_and_prepare, p, cfg, limits) for p in chunk])
 
         try:
             for _ in range(opts.prefetch + 1):

@@ -29,9 +29,10 @@ from models.runtime import load_detector
 from service.errors import Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
 from service.settings import ServeSettings
-from service.verdict import Prepared, item_error, prepare, verdict
+from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
 SETTINGS = ServeSettings.from_env()
+LIMITS = Limits(max_bytes=SETTINGS.max_bytes, max_pixels=SETTINGS.max_pixels)
 LINK_RETRIES = 3
 GPU = torch.cuda.is_available() and SETTINGS.device != "cpu"
 
@@ -122,7 +123,7 @@ class Detector:
     async def prepared(self, path: Path) -> Prepared:
         cfg = await self.described()
         data = await anyio.Path(path).read_bytes()
-        return await anyio.to_thread.run_sync(prepare, data, cfg, SETTINGS.max_bytes, SETTINGS.max_pixels)
+        return await anyio.to_thread.run_sync(prepare_upload, data, cfg, LIMITS)
 
     async def scores(self, items: list[Prepared]) -> list[float]:
         if not items:
