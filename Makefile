@@ -31,6 +31,7 @@ lint: setup
 
 test: setup
 	$(BIN)/ruff check .
+	PYTHONPATH=. $(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean-demo:

@@ -8,11 +8,11 @@ import fsspec
 import numpy as np
 import pytest
 
+from fakelens.cli import main
 from models.checkpoint import load_model_dir, save_model_dir
 from models.prepare import Limits
 from models.preprocess import decode_image
 from models.runtime import load_detector
-from service.cli import main
 from service.inputs import discover_inputs
 from service.score import ScoreOptions, job_header, read_and_prepare, score_files, score_prepared
 from service.writers import JobState, open_sink, read_rows, state_dir

@@ -64,7 +64,7 @@ def server(tiny_checkpoint, tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, **LIMITS, "FAKELENS_API_KEYS": f"{KEY},other-key", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_checkpoint),
+    cmd = [sys.executable, "-m", "fakelens", "serve", "--model", str(tiny_checkpoint),
            "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

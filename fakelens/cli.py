@@ -1,6 +1,8 @@
 """The `fakelens` command line: one entry point, one subcommand module per package.
 
-Each module listed in SUBCOMMAND_MODULES exposes `register(subparsers)`, adding its
+It lives in its own package because it is the only code allowed to reach both
+`training` and `service` (which must not import each other; see the import contract in
+pyproject.toml). Each module listed in SUBCOMMAND_MODULES exposes `register(subparsers)`, adding its
 subcommands with `set_defaults(run=callable)`; the callable receives the parsed
 namespace, turns it into typed arguments/config and does the work. Modules are
 imported lazily so `fakelens score` never pays for importing training code.
@@ -48,7 +50,3 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"fakelens {args.command}: error: {e}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
