@@ -25,7 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from models.prepare import Limits
-from service.score import ScoreOptions, Summary, read_and_prepare, score_prepared
+from service.score import (
+    ScoreOptions,
+    Summary,
+    already_complete,
+    job_header,
+    read_and_prepare,
+    score_prepared,
+)
 from service.writers import COLUMNS, arrow_schema, output_format, state_dir, write_table
 
 INDEX = "_index"
@@ -108,6 +115,13 @@ def score_files_ray(
     start = time.perf_counter()
     out = Path(out)
     output_format(out)
+    if out.exists() and not state_dir(out).exists() and not opts.overwrite:
+        from models.runtime import locate
+
+        cfg = locate(opts.model)[1]
+        done = already_complete(out, job_header(cfg, inputs, out, opts.only_synthetic), inputs, opts)
+        if done is not None:
+            return done
     if (out.exists() or state_dir(out).exists()) and not opts.overwrite:
         raise ValueError(
             f"{out} already exists (or holds an interrupted local job); pass --overwrite or choose another -o"

@@ -29,7 +29,15 @@ from models.prepare import Limits, prepare
 from models.preprocess import DEFAULT_MAX_PIXELS, ImageError
 from models.verdict import label_for
 from service.inputs import fingerprint, read_bytes
-from service.writers import JobHeader, JobState, Progress, open_sink, output_format
+from service.writers import (
+    JobHeader,
+    JobState,
+    Progress,
+    finished_output,
+    open_sink,
+    output_format,
+    state_dir,
+)
 
 
 def default_workers() -> int:
@@ -66,8 +74,12 @@ class Summary:
     errors: int
     resumed_from: int
     wall_s: float
+    already_complete: bool = False  # OUT was this job's finished output: nothing was rerun
 
     def line(self) -> str:
+        if self.already_complete:
+            return (f"already complete: {self.total} inputs, {self.scored} scored, {self.flagged} flagged synthetic, "
+                    f"{self.errors} errors; nothing was rerun")
         resumed = f" (resumed after {self.resumed_from} done before)" if self.resumed_from else ""
         rate = (self.total - self.resumed_from) / self.wall_s if self.wall_s > 0 else 0.0
         return (
@@ -186,6 +198,16 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
                     f.cancel()
 
 
+def already_complete(out: Path, header: JobHeader, inputs: Sequence[str], opts: ScoreOptions) -> Summary | None:
+    """The Summary of a finished run of this same job at OUT (so a rerun succeeds), else None."""
+    if opts.overwrite or not out.exists() or state_dir(out).exists():
+        return None
+    p = finished_output(out, header, list(inputs))
+    if p is None:
+        return None
+    return Summary(len(inputs), p.scored, p.flagged, p.errors, len(inputs), 0.0, already_complete=True)
+
+
 def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, detector=None) -> Summary:
     """Score `inputs` into OUT with the local engine, resuming an interrupted run of the same job.
 
@@ -197,7 +219,11 @@ def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, dete
     out = Path(out)
     output_format(out)  # refuse a bad extension before loading a model
     detector = detector or load_detector(opts.model, opts.backend, opts.device)
-    state = JobState(out, job_header(detector.config, inputs, out, opts.only_synthetic), opts.overwrite)
+    header = job_header(detector.config, inputs, out, opts.only_synthetic)
+    done = already_complete(out, header, inputs, opts)
+    if done is not None:
+        return done
+    state = JobState(out, header, opts.overwrite)
     resumed_from = state.progress.done
     try:
         sink = open_sink(out, state.progress.position)

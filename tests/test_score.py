@@ -178,7 +178,10 @@ def test_cli_exit_codes(images, tiny_checkpoint, tmp_path, capsys):
     ]
     assert main([*args, "--no-progress", "--batch-size", "2"]) == 0  # a broken image is not a job failure
     assert "4 inputs: 3 scored" in capsys.readouterr().err
-    assert main([*args, "--no-progress"]) == 2  # OUT exists: refused with a message
+    assert main([*args, "--no-progress"]) == 0  # the same job again: its finished OUT is success
+    assert "already complete: 4 inputs, 3 scored" in capsys.readouterr().err
+    other = ["score", *images[:2], "-o", str(out), "--model", str(tiny_checkpoint), "--backend", "eager"]
+    assert main([*other, "--no-progress"]) == 2  # OUT holds another job's rows: refused with a message
     assert "--overwrite" in capsys.readouterr().err
     assert (
         main(
