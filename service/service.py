@@ -28,6 +28,8 @@ from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from service.errors import Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
+from service.metrics_labels import bound_endpoint_labels
+from service.routes import OPEN_PATHS, SYSTEM_PATHS, api_routes
 from service.settings import ServeSettings
 from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
@@ -92,7 +94,9 @@ class DetectorModel:
 @bentoml.service(
     name="fakelens",
     workers=SETTINGS.workers,
-    traffic={"timeout": SETTINGS.timeout_s},
+    # The guard answers its own 504 at timeout_s, in the service's format; BentoML's
+    # timeout (another body shape) is only the backstop.
+    traffic={"timeout": SETTINGS.timeout_s + 5},
 )
 class Detector:
     model = bentoml.depends(DetectorModel)
@@ -175,4 +179,6 @@ class Detector:
         return {"results": results, "elapsed_ms": round((time.perf_counter() - start) * 1000, 3)}
 
 
-Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)
+ROUTES = api_routes(Detector)
+Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS, routes=ROUTES)
+bound_endpoint_labels({*ROUTES, *OPEN_PATHS, *SYSTEM_PATHS})
