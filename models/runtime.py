@@ -132,20 +132,23 @@ def default_backend(folder: Path, device: str) -> str:
     """The best-ranked backend (BackendSpec.auto_rank) whose artifact `folder` holds and that can run here.
 
     A spec that does not reject exports on a parity failure (OpenVINO, whose bf16 depends on
-    the CPU) is picked only where the export recorded its parity as passed.
+    the CPU) is picked only where the export recorded its parity as passed; any runtime the
+    export's validation (`--data`) marked as not offered (FPR drift at the threshold) is skipped.
     """
     from models.metadata import read_metadata
 
     ranked = sorted((s for s in BACKENDS.values() if device in s.auto_rank), key=lambda s: s.auto_rank[device])
-    parity = None
+    meta = None
     for spec in ranked:
         if not (folder / spec.artifact).is_file() or (spec.available and not spec.available(device)):
             continue
-        if not spec.rejects_export:
-            if parity is None:
-                recorded = read_metadata(folder).get("parity", {})
-                parity = recorded if isinstance(recorded, dict) else {}
-            if (parity.get(spec.name) or {}).get("passed") is not True:
+        if spec.is_export:
+            meta = read_metadata(folder) if meta is None else meta
+            # Measured on validation images at export (--data): a runtime whose verdicts drift is not offered.
+            if ((meta.get("validation") or {}).get(spec.name) or {}).get("offered", True) is not True:
+                continue
+            parity = meta.get("parity") if isinstance(meta.get("parity"), dict) else {}
+            if not spec.rejects_export and (parity.get(spec.name) or {}).get("passed") is not True:
                 continue
         return spec.name
     raise FileNotFoundError(
@@ -171,9 +174,14 @@ def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
         )
 
 
-def load_detector(source: str | Path, backend: str = "auto", device: str = "auto") -> Detector:
-    """Load a detector from a model/run/export folder or a model-store tag."""
+def load_detector(source: str | Path | None = "default", backend: str = "auto", device: str = "auto") -> Detector:
+    """Load a detector from a model/run/export folder, a model-store tag, or "default" (None):
+    the detector that ships with fakelens (models/default_model.py)."""
+    from models import default_model
+
     device = resolve_device(device)
+    if default_model.is_default(source):
+        source = default_model.resolve(backend)
     folder, cfg = locate(source)
     name = default_backend(folder, device) if backend == "auto" else backend
     if name not in BACKENDS:
