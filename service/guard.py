@@ -45,6 +45,10 @@ from service.upload import (
     read_form,
 )
 
+# Routes whose single upload has its own byte limit (a ServeSettings field) instead of
+# max_bytes per file, e.g. a video endpoint: {"/detect_video": "max_video_bytes"}.
+UPLOAD_LIMITS: dict[str, str] = {}
+
 
 class GuardMiddleware:
     def __init__(self, app, settings, routes: dict[str, Route]) -> None:
@@ -85,6 +89,8 @@ class GuardMiddleware:
 
     def limits(self, route: Route) -> BodyLimits:
         s = self.settings
+        if route.path in UPLOAD_LIMITS:
+            return BodyLimits(getattr(s, UPLOAD_LIMITS[route.path]) + MULTIPART_OVERHEAD, 1, s.body_timeout_s)
         if route.max_files is not None:
             return BodyLimits(s.max_bytes * route.max_files + MULTIPART_OVERHEAD, route.max_files, s.body_timeout_s)
         return BodyLimits(s.max_request_bytes, s.max_batch_items, s.body_timeout_s)
