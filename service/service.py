@@ -181,4 +181,5 @@ class Detector:
 
 ROUTES = api_routes(Detector)
 Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS, routes=ROUTES)
-bound_endpoint_labels({*ROUTES, *OPEN_PATHS, *SYSTEM_PATHS})
+# Both services' own routes keep their labels (this module is imported by the model's worker too).
+bound_endpoint_labels({*ROUTES, *OPEN_PATHS, *SYSTEM_PATHS, *(api.route for api in DetectorModel.apis.values())})
