@@ -3,7 +3,8 @@
 It runs before BentoML parses the multipart body, so bad or hostile requests are answered
 with an actionable status in the service's own format instead of reaching code that would
 turn them into 500s. For each route in the table derived from the service (service/routes.py):
-- API keys (401) when FAKELENS_API_KEYS is set; /livez, /readyz, /metrics stay open;
+- API keys (401) when FAKELENS_API_KEYS is set; /livez, /readyz, /metrics and the page's
+  own GETs (`/`, `/page/...`: no data, and the browser needs them to ask for a key) stay open;
 - the body is read first, without holding an in-flight slot (service/upload.py: 415 for
   a non-multipart body, 413 past the byte or part limits, 408 when it does not arrive within
   FAKELENS_BODY_TIMEOUT_S, 503 past the worker's budget of upload bytes, 400/422 for a form
@@ -35,6 +36,7 @@ from service.errors import (
     error_response,
 )
 from service.openapi import document
+from service.page import is_page_request
 from service.routes import OPEN_PATHS, Route
 from service.upload import (
     MULTIPART_OVERHEAD,
@@ -65,7 +67,7 @@ class GuardMiddleware:
         path, method = scope["path"], scope["method"]
         send = self.one_error_format(send, path)
         try:
-            if self.keys and path not in OPEN_PATHS:
+            if self.keys and path not in OPEN_PATHS and not is_page_request(scope["method"], path):
                 self.check_key(scope)
         except ServiceError as err:
             return await error_response(err)(scope, receive, send)

@@ -29,6 +29,7 @@ from models.runtime import load_detector
 from service.errors import Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
 from service.metrics_labels import bound_endpoint_labels
+from service.page import page_app, page_paths
 from service.routes import OPEN_PATHS, SYSTEM_PATHS, api_routes
 from service.settings import ServeSettings
 from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
@@ -181,5 +182,9 @@ class Detector:
 
 ROUTES = api_routes(Detector)
 Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS, routes=ROUTES)
-# Both services' own routes keep their labels (this module is imported by the model's worker too).
-bound_endpoint_labels({*ROUTES, *OPEN_PATHS, *SYSTEM_PATHS, *(api.route for api in DetectorModel.apis.values())})
+# The analyst's page at `/` (service/page.py); BentoML matches it only on the page's own routes.
+Detector.mount_asgi_app(page_app(Detector, SETTINGS), path="/")
+# Both services' own routes and the page's files keep their labels (this module is imported
+# by the model's worker too); any other path is counted as "/other".
+bound_endpoint_labels({*ROUTES, *OPEN_PATHS, *SYSTEM_PATHS, *page_paths(),
+                       *(api.route for api in DetectorModel.apis.values())})
