@@ -122,7 +122,7 @@ def start(name: str, model: Path, log_dir: Path, repo: Path = REPO, device: str 
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(repo), **extra}
     if kind == "bento":
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--port", str(port),
+        cmd = [sys.executable, "-m", "models.commands", "serve", "--model", str(model), "--port", str(port),
                "--device", device]
     else:
         env["NAIVE_MODEL"] = str(model)

@@ -141,11 +141,11 @@ def speeds(folder: Path, cfg: DetectorConfig, names: Sequence[str], views: list[
     return {n: float(np.median(r)) for n, r in rates.items()}
 
 
-def float_default(meta: dict[str, Any]) -> str:
+def float_default(folder: Path) -> str:
     """What `auto` runs on CPU without int8 (the runtime int8 has to beat)."""
-    from models.runtime import cpu_float_backend
+    from models.runtime import default_backend
 
-    return cpu_float_backend(meta)
+    return default_backend(folder, "cpu", int8=False)
 
 
 def int8_candidates() -> list[str]:
@@ -178,7 +178,7 @@ def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tupl
         if v:
             views.append(v[0])
             labels.append(label)
-    default = float_default(meta)
+    default = float_default(folder)
     rates = speeds(folder, cfg, [default, *int8_candidates()], views)
     backend = max(int8_candidates(), key=rates.__getitem__)  # the faster int8 runtime is the one gated
     result = gate(_probabilities(folder, cfg, "onnx", views), _probabilities(folder, cfg, backend, views),
@@ -217,6 +217,18 @@ def onnx_int8_static_backend(folder: Path, cfg: DetectorConfig, device: str):
 
     path = _artifact(folder, INT8_STATIC_FILE, "run `python -m models.quantize EXP --data DATA`")
     return OrtBackend(path, cfg, device, "onnx-int8-static")
+
+
+def specs() -> list:
+    """Registry rows for the two runtimes of the QDQ file (models.backends.BackendSpec)."""
+    from models.backends import BackendSpec
+
+    how = "export with `fakelens export ... --data DATA --int8-static` (or python -m models.quantize)"
+    # The gate on validation data is the real check; the parity bound only catches a broken graph.
+    return [BackendSpec("openvino-int8", openvino_int8_backend, INT8_STATIC_FILE, "int8", ("cpu",),
+                        prob_bound=5e-2, rejects_export=False, how_to_get=how),
+            BackendSpec("onnx-int8-static", onnx_int8_static_backend, INT8_STATIC_FILE, "int8", ("cpu",),
+                        prob_bound=5e-2, rejects_export=False, how_to_get=how)]
 
 
 def offered_backend(meta: dict[str, Any]) -> str | None:

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from service.score import ScoreOptions, Summary, prepare, score_prepared
+from models.prepare import Limits
+from service.score import (
+    ScoreOptions,
+    Summary,
+    already_complete,
+    job_header,
+    read_and_prepare,
+    score_prepared,
+)
 from service.writers import COLUMNS, arrow_schema, output_format, state_dir, write_table
 
 INDEX = "_index"
@@ -37,16 +45,16 @@ class ScoreActor:
         from models.runtime import load_detector
 
         self.detector = load_detector(model, backend, device)
-        self.max_pixels = max_pixels
+        self.limits = Limits(max_pixels=max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
         import torch
 
-        pre = self.detector.config.preprocess
+        cfg = self.detector.config
         with torch.inference_mode():
             rows = score_prepared(
-                self.detector, [prepare(str(p), pre, self.max_pixels) for p in batch["path"]]
+                self.detector, [read_and_prepare(str(p), cfg, self.limits) for p in batch["path"]]
             )
         table = pa.Table.from_pylist(rows, schema=arrow_schema())
         return table.append_column(INDEX, pa.array(np.asarray(batch[INDEX], dtype=np.int64)))
@@ -107,6 +115,13 @@ def score_files_ray(
     start = time.perf_counter()
     out = Path(out)
     output_format(out)
+    if out.exists() and not state_dir(out).exists() and not opts.overwrite:
+        from models.runtime import locate
+
+        cfg = locate(opts.model)[1]
+        done = already_complete(out, job_header(cfg, inputs, out, opts.only_synthetic), inputs, opts)
+        if done is not None:
+            return done
     if (out.exists() or state_dir(out).exists()) and not opts.overwrite:
         raise ValueError(
             f"{out} already exists (or holds an interrupted local job); pass --overwrite or choose another -o"

@@ -2,13 +2,13 @@
 
     fakelens score photos/ more.csv -o scores.jsonl --model /tmp/export --batch-size 32 --workers 4
 
-Worker processes or threads (`--decode`; `auto` = processes from 8 cores up) read,
-decode (`models.preprocess.decode_image`) and cut each image's views as uint8 pixels
-(`eval_pixels`) while the main thread normalises the previous batch and runs the model on
-it. Processes where many cores decode for a fast model (a GPU host): decoding holds the
-GIL for part of its work (Pillow's Python side, numpy cropping), and decode threads then
-starve the thread that feeds the model; a uint8 view is only 0.15 MB to send back. At most `prefetch` batches are decoded ahead,
-which bounds memory. Rows come
+Worker processes or threads (`--decode`; `auto` = processes from 8 cores up) read each
+input and run `models.prepare.prepare` on it (the same decode-and-cut as the HTTP service,
+views as uint8 pixels) while the main thread normalises the previous batch and runs the
+model on it. Processes where many cores decode for a fast model (a GPU host): decoding
+holds the GIL for part of its work (Pillow's Python side, numpy cropping), and decode
+threads then starve the thread that feeds the model; a uint8 view is only 0.15 MB to send
+back. At most `prefetch` batches are decoded ahead, which bounds memory. Rows come
 out in input order and each batch is committed through `service.writers`, so a killed
 job resumes exactly where it stopped when the same command is run again.
 """
@@ -28,15 +28,20 @@ from typing import Any
 
 import numpy as np
 
-from models.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
-    decode_image,
-    eval_pixels,
-)
+from models.config import DetectorConfig
+from models.prepare import Limits, prepare
+from models.preprocess import DEFAULT_MAX_PIXELS, ImageError
 from models.verdict import label_for
 from service.inputs import fingerprint, read_bytes
-from service.writers import JobHeader, JobState, Progress, open_sink, output_format
+from service.writers import (
+    JobHeader,
+    JobState,
+    Progress,
+    finished_output,
+    open_sink,
+    output_format,
+    state_dir,
+)
 
 DECODE_MODES = ("auto", "processes", "threads")
 # `auto` decodes in processes from this many cores up. On 2 cores with uint8 views decoding
@@ -82,8 +87,12 @@ class Summary:
     errors: int
     resumed_from: int
     wall_s: float
+    already_complete: bool = False  # OUT was this job's finished output: nothing was rerun
 
     def line(self) -> str:
+        if self.already_complete:
+            return (f"already complete: {self.total} inputs, {self.scored} scored, {self.flagged} flagged synthetic, "
+                    f"{self.errors} errors; nothing was rerun")
         resumed = f" (resumed after {self.resumed_from} done before)" if self.resumed_from else ""
         rate = (self.total - self.resumed_from) / self.wall_s if self.wall_s > 0 else 0.0
         return (
@@ -103,7 +112,8 @@ class Prepared:
     error: str | None = None
 
 
-def prepare(path: str, pre, max_pixels: int) -> Prepared:
+def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits) -> Prepared:
+    """Read one input and run models.prepare on it; a bad input becomes a row error, not an exception."""
     try:
         data = read_bytes(path)
     except OSError as e:
@@ -111,15 +121,15 @@ def prepare(path: str, pre, max_pixels: int) -> Prepared:
             path, None, error=f"unreadable: {e.strerror or e}; check the path and its permissions"
         )
     try:
-        img, facts = decode_image(data, max_pixels)
-        return Prepared(path, eval_pixels(img, pre), facts.width, facts.height)
+        item = prepare(data, cfg, limits)
     except ImageError as e:
         return Prepared(path, None, error=f"{e.kind}: {e}")
+    return Prepared(path, item.views, item.facts.width, item.facts.height)
 
 
-def prepare_many(paths: Sequence[str], pre, max_pixels: int) -> list[Prepared]:
-    """`prepare` for a slice of a batch: one task per worker and batch keeps IPC per image low."""
-    return [prepare(p, pre, max_pixels) for p in paths]
+def prepare_many(paths: Sequence[str], cfg: DetectorConfig, limits: Limits) -> list[Prepared]:
+    """`read_and_prepare` for a slice of a batch: one task per worker and batch keeps IPC per image low."""
+    return [read_and_prepare(p, cfg, limits) for p in paths]
 
 
 def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
@@ -210,7 +220,7 @@ def _slices(items: Sequence[str], parts: int) -> list[Sequence[str]]:
 
 
 def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobState, sink, bar) -> None:
-    pre = detector.config.preprocess
+    cfg, limits = detector.config, Limits(max_pixels=opts.max_pixels)
     batches = _chunks(todo, opts.batch_size)
     workers = opts.workers or default_workers()
     with decode_pool(decode_mode(opts, todo), workers) as pool:
@@ -219,7 +229,7 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
         def submit_next() -> None:
             chunk = next(batches, None)
             if chunk is not None:
-                pending.append([pool.submit(prepare_many, s, pre, opts.max_pixels) for s in _slices(chunk, workers)])
+                pending.append([pool.submit(prepare_many, s, cfg, limits) for s in _slices(chunk, workers)])
 
         try:
             for _ in range(opts.prefetch + 1):
@@ -238,6 +248,16 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
                     f.cancel()
 
 
+def already_complete(out: Path, header: JobHeader, inputs: Sequence[str], opts: ScoreOptions) -> Summary | None:
+    """The Summary of a finished run of this same job at OUT (so a rerun succeeds), else None."""
+    if opts.overwrite or not out.exists() or state_dir(out).exists():
+        return None
+    p = finished_output(out, header, list(inputs))
+    if p is None:
+        return None
+    return Summary(len(inputs), p.scored, p.flagged, p.errors, len(inputs), 0.0, already_complete=True)
+
+
 def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, detector=None) -> Summary:
     """Score `inputs` into OUT with the local engine, resuming an interrupted run of the same job.
 
@@ -249,7 +269,11 @@ def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, dete
     out = Path(out)
     output_format(out)  # refuse a bad extension before loading a model
     detector = detector or load_detector(opts.model, opts.backend, opts.device)
-    state = JobState(out, job_header(detector.config, inputs, out, opts.only_synthetic), opts.overwrite)
+    header = job_header(detector.config, inputs, out, opts.only_synthetic)
+    done = already_complete(out, header, inputs, opts)
+    if done is not None:
+        return done
+    state = JobState(out, header, opts.overwrite)
     resumed_from = state.progress.done
     try:
         sink = open_sink(out, state.progress.position)

@@ -3,9 +3,11 @@
     fakelens score /data/imgs list.csv -o scores.jsonl --model /tmp/export [--batch-size 32] [--workers 4]
     fakelens score /data/imgs -o scores.parquet --model /tmp/export --engine ray [--ray-address ray://head:10001]
 
-Exit status: 0 when the job finished (undecodable images get rows with an `error`),
-2 for a bad command (missing input, unknown model, resume refused), 130 when
-interrupted (rerun the same command to resume).
+Exit status: 0 when the job finished (undecodable images get rows with an `error`), also
+when OUT already holds this same job's finished output ("already complete": nothing is
+rerun, so a retry wrapper succeeds); 2 for a bad command (missing input, unknown model,
+resume refused); 3 when the disk is full (free space and rerun the same command: it
+resumes where it stopped); 130 when interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -86,5 +88,5 @@ def run(args: argparse.Namespace) -> int:
             f"fakelens score: interrupted; rerun the same command to resume into {args.out}", file=sys.stderr
         )
         return 130
-    print(f"fakelens score: {summary.line()} -> {args.out}", file=sys.stderr)
+    print(f"fakelens score: {summary.line()} -> {args.out}", file=sys.stderr)  # exit 0 for "already complete" too
     return 0

@@ -1,39 +1,27 @@
 """Turn one image's decode facts and calibrated probability into the JSON the API answers.
 
-Also holds `prepare`, the per-upload work done before batching (size check, decode,
-the detector's own eval views), so /detect and /detect_batch share it.
+Also holds `prepare_upload`: models.prepare.prepare (the one decode-and-cut path, shared
+with `fakelens score`) with bad input mapped to the HTTP error for it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from models.config import DetectorConfig
-from models.preprocess import ImageError, ImageFacts, decode_image, eval_pixels
+from models.prepare import Limits, Prepared, prepare
+from models.preprocess import ImageError, ImageFacts
 from models.verdict import describe, label_for
-from service.errors import PayloadTooLarge, ServiceError, from_image_error
+from service.errors import ServiceError, from_image_error
 
 
-@dataclass(frozen=True)
-class Prepared:
-    views: np.ndarray  # V x S x S x 3 uint8 pixels (eval_pixels); the model process normalises them
-    facts: ImageFacts
-
-
-def prepare(data: bytes, cfg: DetectorConfig, max_bytes: int, max_pixels: int) -> Prepared:
-    """Decode one upload and cut the model's views; raises ServiceError for bad input."""
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"the image is {len(data):,} bytes, above the limit of {max_bytes:,}; "
-            "send a smaller file (or raise FAKELENS_MAX_BYTES)"
-        )
+def prepare_upload(data: bytes, cfg: DetectorConfig, limits: Limits) -> Prepared:
+    """models.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it."""
     try:
-        rgb, facts = decode_image(data, max_pixels=max_pixels)
+        return prepare(data, cfg, limits)
     except ImageError as e:
-        raise from_image_error(e) from None
-    return Prepared(views=eval_pixels(rgb, cfg.preprocess), facts=facts)
+        err = from_image_error(e)
+        if e.kind == "too_large":
+            err = type(err)(f"{err.message} (or raise FAKELENS_MAX_BYTES)", kind=e.kind)
+        raise err from None
 
 
 def image_facts(facts: ImageFacts) -> dict:

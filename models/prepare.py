@@ -1,0 +1,49 @@
+"""The one request path from uploaded bytes to model input: `prepare(bytes, config, limits)`.
+
+    item = prepare(data, detector.config, Limits(max_bytes=20 * 2**20))
+    probs = detector.probabilities_from_views([item.views])
+
+Size check, decode (models.preprocess.decode_image) and the detector's own eval views as
+uint8 pixels (`eval_pixels`), in that order; bad input raises `ImageError` whose `kind` the caller maps to its own answer
+(an HTTP status in service/errors.py, an `error` column in the scorer's rows). The HTTP
+service and `fakelens score` both call this, so an image is cut the same way wherever it is
+scored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.config import DetectorConfig
+from models.preprocess import DEFAULT_MAX_PIXELS, ImageError, ImageFacts, decode_image, eval_pixels
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one input may cost before it is refused: encoded bytes (None: unchecked) and pixels."""
+
+    max_bytes: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or (self.max_bytes is not None and self.max_bytes < 1):
+            raise ValueError(f"limits must be positive: max_bytes={self.max_bytes}, max_pixels={self.max_pixels}")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    views: np.ndarray  # V x S x S x 3 uint8 pixels (eval_pixels): 4x smaller than float32 across a process
+    # hop; Detector.probabilities_from_views normalises them next to the model
+    facts: ImageFacts
+
+
+def prepare(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> Prepared:
+    """Decode one input and cut the model's views; raises ImageError for input that cannot be scored."""
+    if limits.max_bytes is not None and len(data) > limits.max_bytes:
+        raise ImageError(
+            "too_large", f"the image is {len(data):,} bytes, above the limit of {limits.max_bytes:,}; send a smaller file"
+        )
+    rgb, facts = decode_image(data, max_pixels=limits.max_pixels)
+    return Prepared(views=eval_pixels(rgb, cfg.preprocess), facts=facts)
