@@ -120,7 +120,9 @@ def free_port() -> int:
 def start(name: str, model: Path, log_dir: Path, repo: Path = REPO, device: str = "cpu") -> tuple[subprocess.Popen, str]:
     kind, extra = SERVERS[name]
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(repo), **extra}
+    # Own BENTOML_HOME per server: BentoML keeps its Prometheus multiprocess files there, and a
+    # shared one would mix every server's (and any other local server's) batch histograms.
+    env = {**os.environ, "PYTHONPATH": str(repo), "BENTOML_HOME": str(log_dir / f"bentoml-{name}"), **extra}
     if kind == "bento":
         cmd = [sys.executable, "-m", "models.commands", "serve", "--model", str(model), "--port", str(port),
                "--device", device]
@@ -245,14 +247,14 @@ def report(results, peak, model_rates, names, conc) -> None:
 def decode_ms(images: list[bytes], folder: Path) -> float:
     """Median ms the front spends per upload before the model call: decode + crop to uint8 views."""
     from models.config import DetectorConfig
-    from service.verdict import prepare
+    from models.prepare import prepare
 
     cfg = DetectorConfig.load(folder / "detector.json")
     times = []
     for _ in range(3):
         for data in images:
             t0 = time.perf_counter()
-            prepare(data, cfg, 1 << 30, 1 << 30)
+            prepare(data, cfg)
             times.append(1000 * (time.perf_counter() - t0))
     return statistics.median(times)
 
