@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from models.prepare import Limits, prepare
-from models.preprocess import ImageError, decode_image, eval_views
+from models.preprocess import ImageError, decode_image, eval_pixels
 from tests.conftest import tiny_config
 
 
@@ -24,8 +24,10 @@ def test_prepare_cuts_the_configured_views():
     cfg = tiny_config(img_size=32, views="tiles", max_tiles=4)
     data = png_bytes(90, 70)
     item = prepare(data, cfg)
-    np.testing.assert_array_equal(item.views, eval_views(decode_image(data)[0], cfg.preprocess))
-    assert item.views.shape == (4, 3, 32, 32) and (item.facts.width, item.facts.height) == (90, 70)
+    # uint8 pixel views (normalised next to the model: tests/test_foundation.py checks that step)
+    np.testing.assert_array_equal(item.views, eval_pixels(decode_image(data)[0], cfg.preprocess))
+    assert item.views.shape == (4, 32, 32, 3) and item.views.dtype == np.uint8
+    assert (item.facts.width, item.facts.height) == (90, 70)
 
 
 @pytest.mark.parametrize("limits,kind", [(Limits(max_bytes=100), "too_large"), (Limits(max_pixels=1000), "too_many_pixels")])
