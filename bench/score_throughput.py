@@ -170,20 +170,19 @@ def main() -> None:
         labels = {
             "model-only": "model-only (pre-decoded, pre-normalised tensors)",
             "decode-only": "decode-only (read + decode + crop to uint8, threads)",
-            "engine-processes": "local engine, decode in processes (default)",
+            "engine-processes": "local engine, decode in processes",
             "engine-threads": "local engine, decode in threads",
         }
         for key, rates in results.items():
             med = statistics.median(rates)
             print(f"| {labels.get(key, key)} | {med:.1f} | {med / m:.2f} | {', '.join(f'{x:.1f}' for x in rates)} |")
-        from bench.gpu_bench import ceiling_line, model_flops  # noqa: F401
-        from models.network import build_network
-
-        print(ceiling_line(build_network(detector.config).eval(), 224, m, args.device))
         # On a CPU-only box decoding and inference share the cores, so even perfect overlap
         # cannot beat doing both jobs' CPU work back to back: 1 / (1/model + 1/decode).
         print(f"| CPU-shared ceiling 1/(1/model + 1/decode) | {1 / (1 / m + 1 / d):.1f} | "
               f"{1 / (1 / m + 1 / d) / m:.2f} | |")
+        from bench.gpu_bench import ceiling_line
+
+        print(ceiling_line(build_network(detector.config).eval(), 224, m, args.device))
 
 
 if __name__ == "__main__":
