@@ -35,19 +35,25 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import save_model_dir  # noqa: E402
-from models.config import DetectorConfig, PreprocessConfig  # noqa: E402
-from models.network import build_network  # noqa: E402
-from models.prepare import Limits  # noqa: E402
-from models.preprocess import DEFAULT_MAX_PIXELS, decode_image, eval_views  # noqa: E402
-from models.runtime import load_detector  # noqa: E402
-from service.inputs import discover_inputs  # noqa: E402
-from service.score import ScoreOptions, default_workers, read_and_prepare, score_files  # noqa: E402
+# The scorer's decode workers (forkserver/spawn) re-run this file as __mp_main__ before each
+# task: keep them at what `fakelens score`'s own workers import (no torch), or every engine
+# run with --decode processes would pay a torch import per worker and the bench would
+# measure this script, not the scorer.
+if __name__ != "__mp_main__":
+    import torch
+
+    from models.checkpoint import save_model_dir
+    from models.config import DetectorConfig, PreprocessConfig
+    from models.network import build_network
+    from models.prepare import Limits
+    from models.preprocess import DEFAULT_MAX_PIXELS, decode_image, eval_views
+    from models.runtime import load_detector
+    from service.inputs import discover_inputs
+    from service.score import ScoreOptions, default_workers, read_and_prepare, score_files
 
 
 def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> None:

@@ -45,8 +45,9 @@ from service.writers import (
 
 DECODE_MODES = ("auto", "processes", "threads")
 # `auto` decodes in processes from this many cores up. On 2 cores with uint8 views decoding
-# is ~2% of the work and extra processes only contend with the model (engine 0.62x vs 0.88x
-# model-only with threads, docs/performance.md); on a GPU host the CPU side is all decoding.
+# is 5-10% of the work and processes showed no stable gain over threads (runs alternated,
+# docs/performance.md) while adding their start-up; on a GPU host the CPU side is all
+# decoding, and the GIL is what limits decode threads there.
 PROCESS_DECODE_MIN_CORES = 8
 
 
