@@ -30,7 +30,10 @@ from service.errors import (
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 # route -> (form field, how many files it may carry: 1 or "many")
-ENDPOINTS = {"/detect": ("image", 1), "/detect_batch": ("images", "many")}
+ENDPOINTS = {"/detect": ("image", 1), "/detect_batch": ("images", "many"),
+             "/explain": ("image", 1), "/detect_video": ("video", 1)}
+# routes whose single upload has its own byte limit (a settings field) instead of max_bytes
+UPLOAD_LIMITS = {"/detect_video": "max_video_bytes"}
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 
 
@@ -82,6 +85,8 @@ class GuardMiddleware:
             )
 
     def limit(self, path: str) -> int:
+        if path in UPLOAD_LIMITS:
+            return getattr(self.settings, UPLOAD_LIMITS[path]) + MULTIPART_OVERHEAD
         if ENDPOINTS[path][1] == 1:
             return self.settings.max_bytes + MULTIPART_OVERHEAD
         return self.settings.max_request_bytes
@@ -129,8 +134,8 @@ class GuardMiddleware:
                 raise Unprocessable(f"field '{field}' must be a file upload, not a text value: {example}",
                                     kind="not_a_file")
             if count == 1 and len(values) > 1:
-                raise Unprocessable(f"/detect scores one image but got {len(values)}; use /detect_batch with "
-                                    "repeated 'images' fields", kind="too_many_files")
+                raise Unprocessable(f"{path} takes one file but got {len(values)}; use /detect_batch with "
+                                    "repeated 'images' fields for several images", kind="too_many_files")
             if count != 1 and len(values) > self.settings.max_batch_items:
                 raise PayloadTooLarge(f"{len(values)} images in one request; send at most "
                                       f"{self.settings.max_batch_items} per /detect_batch call")

@@ -3,6 +3,8 @@
 Two BentoML services in one bento:
 - `Detector` (public, CPU): POST /detect and /detect_batch take multipart uploads, decode
   them and cut the model's views (off the event loop, in threads), then await the model.
+  /detect answers with the file's provenance and, with `faces=true`, per-face scores;
+  /explain adds an occlusion heatmap, /detect_video scores sampled frames (service/evidence.py).
 - `DetectorModel` (internal, GPU when present): loads the model once through
   `models.runtime.load_detector`, warms it up, and exposes one adaptive-batching method,
   `score(views: list[array]) -> list[probability]`. BentoML merges concurrent calls into
@@ -26,7 +28,9 @@ import torch
 from models.config import DetectorConfig
 from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
-from service.errors import Overloaded, ServiceError, error_response
+from models.video import AGGREGATES, Sampling, VideoLimits
+from service import evidence
+from service.errors import BadRequest, Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
 from service.settings import ServeSettings
 from service.verdict import Prepared, item_error, prepare, verdict
@@ -82,6 +86,11 @@ class DetectorModel:
         BATCH_SIZE.observe(len(views))
         with BATCH_SECONDS.time():
             return self.detector.probabilities_from_views(views).tolist()
+
+    @bentoml.api
+    def view_logits(self, views: np.ndarray) -> list[float]:
+        """Raw logits of N x 3 x S x S views, one per view (the /explain occlusion batches)."""
+        return self.detector.view_logits(torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32))).tolist()
 
     @bentoml.api
     def describe(self) -> dict:
@@ -144,15 +153,19 @@ class Detector:
         raise AssertionError("unreachable")
 
     @bentoml.api(route="/detect")
-    async def detect(self, image: Path) -> dict:
-        """Score one image (multipart field `image`): label, calibrated score, threshold, facts."""
+    async def detect(self, image: Path, faces: bool = False) -> dict:
+        """Score one image (multipart field `image`): label, calibrated score, threshold, facts, provenance.
+
+        faces=true scores each detected face crop; the score is the max over faces."""
+        if faces:
+            return await self.detect_faces(image)
         start = time.perf_counter()
         try:
             item = await self.prepared(image)
             [score] = await self.scores([item])
         except ServiceError as err:
             return error_response(err)
-        out = verdict(score, item.facts, self.config, self.model_info)
+        out = verdict(score, item.facts, self.config, self.model_info, item.provenance)
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return out
 
@@ -170,8 +183,72 @@ class Detector:
         except ServiceError as err:
             return error_response(err)
         results = [item_error(o) if isinstance(o, ServiceError) else verdict(next(scores), o.facts, self.config,
-                                                                              self.model_info) for o in outcomes]
+                                                                              self.model_info, o.provenance)
+                   for o in outcomes]
         return {"results": results, "elapsed_ms": round((time.perf_counter() - start) * 1000, 3)}
 
+
+    # ---- evidence: face mode, heatmaps, video (logic in models/, glue in service/evidence.py) ----
+
+    async def score_views(self, views: list[np.ndarray]) -> list[float]:
+        """Probabilities of many view arrays, sent in chunks the model's batcher accepts."""
+        size = SETTINGS.max_batch_size
+        chunks = [views[i : i + size] for i in range(0, len(views), size)]
+        parts = await asyncio.gather(*(self.scores([Prepared(views=v, facts=None) for v in c]) for c in chunks))
+        return [p for part in parts for p in part]
+
+    async def upload(self, path: Path, plan, *args):
+        cfg = await self.described()
+        data = await anyio.Path(path).read_bytes()
+        return cfg, await anyio.to_thread.run_sync(plan, data, cfg, *args)
+
+    async def detect_faces(self, image: Path) -> dict:
+        start = time.perf_counter()
+        try:
+            cfg, item = await self.upload(image, evidence.plan_face_mode, SETTINGS.max_bytes, SETTINGS.max_pixels)
+            probs = await self.score_views(item.plan.views)
+        except ServiceError as err:
+            return error_response(err)
+        out = evidence.answer_face_mode(item, probs, cfg, self.model_info)
+        out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
+
+    @bentoml.api(route="/explain")
+    async def explain(self, image: Path, grid: int = 7, overlay: bool = True) -> dict:
+        """Where the evidence is: per-cell occlusion relevance (`heatmap`) and a base64 overlay PNG."""
+        start = time.perf_counter()
+        try:
+            cfg, item = await self.upload(image, evidence.plan_explain, SETTINGS.max_bytes, SETTINGS.max_pixels,
+                                          grid)
+            views = np.concatenate([item.views, item.occluded])
+            size = SETTINGS.max_batch_size
+            parts = await asyncio.gather(*(self.model.to_async.view_logits(views[i : i + size])
+                                           for i in range(0, len(views), size)))
+        except ServiceError as err:
+            return error_response(err)
+        logits = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+        n = len(item.views)
+        out, _ = evidence.answer_explain(item, logits[:n], logits[n:], cfg, self.model_info, overlay)
+        out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
+
+    @bentoml.api(route="/detect_video")
+    async def detect_video(self, video: Path, frames: int = 16, per_second: float | None = None,
+                           keyframes: bool = False, faces: bool = False, aggregate: str = "mean") -> dict:
+        """Score a video (multipart field `video`): sampled frames (N uniform or per_second), aggregate
+        (mean or max) for the verdict, share of frames flagged, and the per-frame timeline."""
+        start = time.perf_counter()
+        try:
+            if aggregate not in AGGREGATES:
+                raise BadRequest(f"aggregate={aggregate!r}; choose one of {AGGREGATES}", kind="bad_option")
+            limits = VideoLimits(SETTINGS.max_video_seconds, SETTINGS.max_video_frames, SETTINGS.max_pixels)
+            sampling = Sampling(frames=frames, per_second=per_second, keyframes=keyframes)
+            cfg, item = await self.upload(video, evidence.plan_video, sampling, limits, faces)
+            probs = await self.score_views(item.views)
+        except ServiceError as err:
+            return error_response(err)
+        out = evidence.answer_video(item, probs, cfg, self.model_info, aggregate, faces)
+        out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
 
 Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)

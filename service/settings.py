@@ -41,10 +41,15 @@ class ServeSettings:
     max_request_bytes: int = 64 * MB  # whole /detect_batch body
     max_batch_items: int = 32  # images per /detect_batch request
     api_keys: tuple[str, ...] = ()
+    # /detect_video (models/video.py): upload bytes, clip duration, sampled frames per request
+    max_video_bytes: int = 200 * MB
+    max_video_seconds: int = 600
+    max_video_frames: int = 64
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_latency_ms", "max_inflight", "timeout_s", "workers",
-                     "max_pixels", "max_bytes", "max_request_bytes", "max_batch_items"):
+                     "max_pixels", "max_bytes", "max_request_bytes", "max_batch_items",
+                     "max_video_bytes", "max_video_seconds", "max_video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be >= 1")
         if self.batching and self.max_batch_size < 2:
