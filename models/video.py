@@ -101,6 +101,11 @@ def _open(data: bytes):
     except (av.FFmpegError, ValueError, OSError) as e:
         raise VideoError("unsupported", f"the bytes are not a video container FFmpeg can read ({e}); "
                          "send MP4, MOV, WebM, MKV or AVI") from None
+    if container.format.name == "image2" or container.format.name.endswith("_pipe"):
+        name = container.format.name
+        container.close()
+        raise VideoError("unsupported", f"the file is a still image ({name}), not a video; send it to /detect "
+                         "(or `fakelens score`) instead")
     if not container.streams.video:
         container.close()
         raise VideoError("unsupported", "the file has no video stream (audio only?); send a video")

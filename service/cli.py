@@ -19,6 +19,7 @@ SUBCOMMAND_MODULES = (
     "models.cli",
     "service.serve_cli",
     "service.score_cli",
+    "service.evidence_cli",
 )
 
 

@@ -24,13 +24,24 @@ from typing import Any
 
 import numpy as np
 
+from models.faces import FacePlan, plan_faces, summarize
 from models.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     decode_image,
     eval_views,
 )
-from models.verdict import label_for
+from models.provenance import read_provenance
+from models.verdict import decide
+from models.video import (
+    Sampling,
+    VideoError,
+    VideoLimits,
+    frame_plans,
+    is_video_path,
+    sample_frames,
+    summarize_video,
+)
 from service.inputs import fingerprint, read_bytes
 from service.writers import JobHeader, JobState, Progress, open_sink, output_format
 
@@ -51,6 +62,10 @@ class ScoreOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
+    faces: bool = False  # score face crops, max over faces (models/faces.py)
+    sampling: Sampling = Sampling()  # video files: which frames (models/video.py)
+    video_limits: VideoLimits = VideoLimits()
+    aggregate: str = "mean"  # video verdict on the mean or max frame score
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -81,39 +96,81 @@ class Summary:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One input after decoding: its views, or the reason it cannot be scored."""
+    """One input after decoding: its views, or the reason it cannot be scored.
+
+    Plain images carry `views`; face mode and videos carry `plans` (one views array per
+    face or frame) and, for videos, the sampled frames, all scored in the same batch."""
 
     path: str
     views: np.ndarray | None
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    provenance: dict | None = None
+    plans: list[FacePlan] | None = None
+    video: tuple | None = None  # (VideoFacts, frames) for video files
+    faces: bool = False  # face mode ran (plans hold face crops)
+
+    def all_views(self) -> list[np.ndarray]:
+        if self.views is not None:
+            return [self.views]
+        return [v for p in self.plans or [] for v in p.views]
 
 
-def prepare(path: str, pre, max_pixels: int) -> Prepared:
+def prepare(path: str, pre, max_pixels: int, faces: bool = False, sampling: Sampling | None = None,
+            video_limits: VideoLimits | None = None) -> Prepared:
     try:
         data = read_bytes(path)
     except OSError as e:
         return Prepared(
             path, None, error=f"unreadable: {e.strerror or e}; check the path and its permissions"
         )
+    provenance = read_provenance(data)
+    if is_video_path(path):
+        try:
+            facts, frames = sample_frames(data, sampling or Sampling(), video_limits or VideoLimits())
+        except VideoError as e:
+            return Prepared(path, None, error=f"{e.kind}: {e}", provenance=provenance)
+        return Prepared(path, None, facts.width, facts.height, provenance=provenance,
+                        plans=frame_plans(frames, pre, faces), video=(facts, frames), faces=faces)
     try:
         img, facts = decode_image(data, max_pixels)
-        return Prepared(path, eval_views(img, pre), facts.width, facts.height)
     except ImageError as e:
-        return Prepared(path, None, error=f"{e.kind}: {e}")
+        return Prepared(path, None, error=f"{e.kind}: {e}", provenance=provenance)
+    if faces:
+        return Prepared(path, None, facts.width, facts.height, provenance=provenance, plans=[plan_faces(img, pre)],
+                        faces=True)
+    return Prepared(path, eval_views(img, pre), facts.width, facts.height, provenance=provenance)
 
 
-def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
-    """Rows (writers.COLUMNS) for one batch; the model sees every decodable image at once."""
+def _scored(it: Prepared, probs: np.ndarray, cfg, aggregate: str) -> tuple[float, dict | None]:
+    """(score, detail) of one input from the probabilities of its views."""
+    if it.video is not None:
+        summary = summarize_video(*it.video, it.plans, probs, cfg, aggregate, faces=it.faces)
+        return summary["score"], {k: summary[k] for k in ("aggregate", "mean", "max", "share_flagged",
+                                                          "frames_scored", "video", "timeline")}
+    if it.plans is not None:
+        faces = summarize(it.plans[0], probs, cfg)
+        return faces["score"], {k: v for k, v in faces.items() if k != "score"}
+    return float(probs[0]), None
+
+
+def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean") -> list[dict[str, Any]]:
+    """Rows (writers.COLUMNS) for one batch; the model sees every decodable view at once."""
+    import json
+
     cfg = detector.config
-    ok = [it for it in items if it.views is not None]
-    scores = detector.probabilities_from_views([it.views for it in ok])
-    probs = {id(it): float(p) for it, p in zip(ok, scores, strict=True)}
+    ok = [it for it in items if it.error is None]
+    counts = [len(it.all_views()) for it in ok]
+    probs = detector.probabilities_from_views([v for it in ok for v in it.all_views()])
+    offsets = np.cumsum([0, *counts])
+    scored = {id(it): _scored(it, probs[offsets[i] : offsets[i + 1]], cfg, aggregate) for i, it in enumerate(ok)}
     rows = []
     for it in items:
-        score = probs.get(id(it))
-        label = None if score is None else label_for(score, cfg)
+        score, detail = scored.get(id(it), (None, None))
+        label, reason = (None, None)
+        if score is not None or (it.provenance or {}).get("declared_ai"):
+            label, reason = decide(score, cfg, it.provenance)
         rows.append(
             dict(
                 path=it.path,
@@ -125,6 +182,9 @@ def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
                 width=it.width,
                 height=it.height,
                 error=it.error,
+                reason=reason,
+                provenance=None if it.provenance is None else json.dumps(it.provenance, sort_keys=True),
+                detail=None if detail is None else json.dumps(detail),
             )
         )
     return rows
@@ -169,7 +229,8 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
         def submit_next() -> None:
             chunk = next(batches, None)
             if chunk is not None:
-                pending.append([pool.submit(prepare, p, pre, opts.max_pixels) for p in chunk])
+                pending.append([pool.submit(prepare, p, pre, opts.max_pixels, opts.faces, opts.sampling,
+                                            opts.video_limits) for p in chunk])
 
         try:
             for _ in range(opts.prefetch + 1):
@@ -177,7 +238,7 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
             while pending:
                 items = [f.result() for f in pending.popleft()]
                 submit_next()  # decode the next batch while this one is on the model
-                rows = score_prepared(detector, items)
+                rows = score_prepared(detector, items, opts.aggregate)
                 kept = [r for r in rows if r["label"] == "synthetic"] if opts.only_synthetic else rows
                 # Order matters: rows reach the disk (fsync) before the commit that counts them.
                 state.commit(state.progress.advance(rows, sink.write(kept)))
