@@ -65,8 +65,8 @@ def crop_face(img: Image.Image, face: Face, margin: float = MARGIN) -> Image.Ima
     x, y, w, h = face.box
     side = round(max(w, h) * (1 + 2 * margin))
     cx, cy = x + w / 2, y + h / 2
-    left, top = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
-    return img.crop((left, top, min(img.width, left + side), min(img.height, top + side)))
+    box = (round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+    return img.crop((max(0, box[0]), max(0, box[1]), min(img.width, box[2]), min(img.height, box[3])))
 
 
 def plan_faces(img: Image.Image, pre: PreprocessConfig, margin: float = MARGIN) -> FacePlan:
