@@ -136,8 +136,6 @@ def explain(detector, img: Image.Image, grid: int = DEFAULT_GRID, batch_size: in
 
 def overlay(img: Image.Image, heat: Heat, alpha: float = 0.5) -> Image.Image:
     """The image (at most OVERLAY_MAX_SIDE px) with positive relevance painted over it (red = evidence)."""
-    from matplotlib import colormaps
-
     scale = min(1.0, OVERLAY_MAX_SIDE / max(img.size))
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     base = img.convert("RGB").resize(size, Image.Resampling.BILINEAR) if scale < 1 else img.convert("RGB")
@@ -155,7 +153,9 @@ def overlay(img: Image.Image, heat: Heat, alpha: float = 0.5) -> Image.Image:
             y1, x1 = min(size[1], round(y0 + cell)), min(size[0], round(x0 + cell))
             canvas[y0:y1, x0:x1] = norm[r, c]
             seen[y0:y1, x0:x1] = True
-    colour = (colormaps["jet"](canvas)[..., :3] * 255).astype(np.float32)
+    # A "hot" ramp: black -> red -> yellow -> white as relevance grows (no matplotlib in the service).
+    colour = np.stack([np.clip(3 * canvas, 0, 1), np.clip(3 * canvas - 1, 0, 1), np.clip(3 * canvas - 2, 0, 1)],
+                      axis=-1) * 255
     rgb = np.asarray(base, dtype=np.float32)
     mixed = np.where(seen[..., None], (1 - alpha) * rgb + alpha * colour, rgb * 0.6)  # unseen: dimmed
     return Image.fromarray(np.clip(mixed, 0, 255).astype(np.uint8))

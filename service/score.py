@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from models.faces import FacePlan, plan_faces, summarize
 from models.preprocess import (
@@ -34,6 +35,7 @@ from models.preprocess import (
 from models.provenance import read_provenance
 from models.verdict import decide
 from models.video import (
+    AGGREGATES,
     Sampling,
     VideoError,
     VideoLimits,
@@ -66,6 +68,8 @@ class ScoreOptions:
     sampling: Sampling = Sampling()  # video files: which frames (models/video.py)
     video_limits: VideoLimits = VideoLimits()
     aggregate: str = "mean"  # video verdict on the mean or max frame score
+    heatmaps: str | None = None  # folder for one occlusion-heatmap PNG per image (models/explain.py)
+    heat_grid: int = 7
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -74,6 +78,8 @@ class ScoreOptions:
             raise ValueError(f"--workers={self.workers}; it must be at least 1 (or 0 for the default)")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels={self.max_pixels}; it must be positive")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"--aggregate={self.aggregate!r}; choose one of {AGGREGATES}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,7 @@ class Prepared:
     plans: list[FacePlan] | None = None
     video: tuple | None = None  # (VideoFacts, frames) for video files
     faces: bool = False  # face mode ran (plans hold face crops)
+    image: Image.Image | None = None  # kept only when heatmaps are asked for
 
     def all_views(self) -> list[np.ndarray]:
         if self.views is not None:
@@ -118,7 +125,7 @@ class Prepared:
 
 
 def prepare(path: str, pre, max_pixels: int, faces: bool = False, sampling: Sampling | None = None,
-            video_limits: VideoLimits | None = None) -> Prepared:
+            video_limits: VideoLimits | None = None, keep_image: bool = False) -> Prepared:
     try:
         data = read_bytes(path)
     except OSError as e:
@@ -137,10 +144,11 @@ def prepare(path: str, pre, max_pixels: int, faces: bool = False, sampling: Samp
         img, facts = decode_image(data, max_pixels)
     except ImageError as e:
         return Prepared(path, None, error=f"{e.kind}: {e}", provenance=provenance)
+    kept = img if keep_image else None
     if faces:
         return Prepared(path, None, facts.width, facts.height, provenance=provenance, plans=[plan_faces(img, pre)],
-                        faces=True)
-    return Prepared(path, eval_views(img, pre), facts.width, facts.height, provenance=provenance)
+                        faces=True, image=kept)
+    return Prepared(path, eval_views(img, pre), facts.width, facts.height, provenance=provenance, image=kept)
 
 
 def _scored(it: Prepared, probs: np.ndarray, cfg, aggregate: str) -> tuple[float, dict | None]:
@@ -190,6 +198,25 @@ def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean")
     return rows
 
 
+def add_heatmaps(detector, items: Sequence[Prepared], rows: list[dict[str, Any]], folder: Path, grid: int) -> None:
+    """Write an occlusion-heatmap overlay per scored image and put its grid into the row's detail."""
+    import hashlib
+    import json
+
+    from models.explain import explain, overlay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for it, row in zip(items, rows, strict=True):
+        if it.image is None or row["score"] is None:
+            continue
+        heat = explain(detector, it.image, grid)
+        # The path hash keeps same-named files from different folders apart; reruns overwrite in place.
+        name = f"{Path(it.path).stem}-{hashlib.sha1(it.path.encode()).hexdigest()[:8]}.png"
+        overlay(it.image, heat).save(folder / name)
+        detail = json.loads(row["detail"]) if row["detail"] else {}
+        row["detail"] = json.dumps({**detail, "heatmap": heat.to_dict(), "heatmap_png": str(folder / name)})
+
+
 def job_header(cfg, inputs: Sequence[str], out: Path, only_synthetic: bool) -> JobHeader:
     return JobHeader(
         model=cfg.name,
@@ -230,7 +257,7 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
             chunk = next(batches, None)
             if chunk is not None:
                 pending.append([pool.submit(prepare, p, pre, opts.max_pixels, opts.faces, opts.sampling,
-                                            opts.video_limits) for p in chunk])
+                                            opts.video_limits, opts.heatmaps is not None) for p in chunk])
 
         try:
             for _ in range(opts.prefetch + 1):
@@ -239,6 +266,8 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
                 items = [f.result() for f in pending.popleft()]
                 submit_next()  # decode the next batch while this one is on the model
                 rows = score_prepared(detector, items, opts.aggregate)
+                if opts.heatmaps is not None:
+                    add_heatmaps(detector, items, rows, Path(opts.heatmaps), opts.heat_grid)
                 kept = [r for r in rows if r["label"] == "synthetic"] if opts.only_synthetic else rows
                 # Order matters: rows reach the disk (fsync) before the commit that counts them.
                 state.commit(state.progress.advance(rows, sink.write(kept)))
@@ -260,6 +289,10 @@ def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, dete
     out = Path(out)
     output_format(out)  # refuse a bad extension before loading a model
     detector = detector or load_detector(opts.model, opts.backend, opts.device)
+    if opts.heatmaps is not None:
+        from models.explain import cell_size
+
+        cell_size(detector.config.preprocess, opts.heat_grid)  # a bad --heat-grid fails before any work
     state = JobState(out, job_header(detector.config, inputs, out, opts.only_synthetic), opts.overwrite)
     resumed_from = state.progress.done
     try:

@@ -51,6 +51,9 @@ def register(subparsers) -> None:
     p.add_argument("--keyframes", action="store_true", help="videos: decode keyframes only (faster)")
     p.add_argument("--aggregate", choices=("mean", "max"), default="mean", help="video verdict on mean or max frame")
     p.add_argument("--max-video-frames", type=int, default=64, help="refuse videos needing more sampled frames")
+    p.add_argument("--heatmaps", default=None, metavar="DIR",
+                   help="write an occlusion-heatmap PNG per image here (grid in the row's detail; ~25x slower)")
+    p.add_argument("--heat-grid", type=int, default=7, help="heatmap cells per side of each model view")
     p.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming into it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
@@ -76,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         sampling=Sampling(frames=args.video_frames, per_second=args.video_per_second, keyframes=args.keyframes),
         video_limits=VideoLimits(max_frames=args.max_video_frames),
         aggregate=args.aggregate,
+        heatmaps=args.heatmaps,
+        heat_grid=args.heat_grid,
     )
     inputs = discover_inputs(args.inputs)
     try:

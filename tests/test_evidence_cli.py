@@ -94,3 +94,17 @@ def test_explain_writes_overlay_and_grid(media, tiny_checkpoint, tmp_path):
     assert np.isfinite(np.array(heat["values"], dtype=float)).all()
     assert main(["explain", str(media / "c_face.jpg"), "-o", str(png), "--model", str(tiny_checkpoint),
                  "--grid", "0"]) == 2
+
+
+def test_score_writes_heatmaps(media, tiny_checkpoint, tmp_path):
+    out, folder = tmp_path / "h.jsonl", tmp_path / "heat"
+    inputs = [str(media / "c_face.jpg"), str(media / "e_broken.webm"), str(media / "f_plain.jpg")]
+    assert main(["score", *inputs, "-o", str(out), "--model", str(tiny_checkpoint), "--device", "cpu",
+                 "--heatmaps", str(folder), "--heat-grid", "4", "--no-progress"]) == 0
+    rows = rows_by_name(out)
+    detail = json.loads(rows["c_face.jpg"]["detail"])
+    assert (detail["heatmap"]["rows"], detail["heatmap"]["cols"]) == (4, 4)
+    assert Image.open(detail["heatmap_png"]).size == (512, 512)
+    assert rows["e_broken.webm"]["detail"] is None and len(list(folder.iterdir())) == 2
+    assert main(["score", *inputs, "-o", str(tmp_path / "bad.jsonl"), "--model", str(tiny_checkpoint),
+                 "--heatmaps", str(folder), "--heat-grid", "0"]) == 2
