@@ -14,15 +14,38 @@ from safetensors.torch import load_file, save_file
 
 from models.atomic import resolve_dir
 from models.config import DetectorConfig
-from models.network import build_network
+from models.network import HEAD_PREFIX, build_network
 
 WEIGHTS = "model.safetensors"
 CONFIG = "detector.json"
 
 
+def head_only(cfg: DetectorConfig) -> bool:
+    """A "blocks" model on named backbone weights stores only its head (a few MB, not 340)."""
+    return cfg.head == "blocks" and bool(cfg.backbone_weights)
+
+
+def model_state(model: torch.nn.Module, cfg: DetectorConfig) -> dict[str, torch.Tensor]:
+    state = model.state_dict()
+    if head_only(cfg):
+        state = {k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def load_weights(model: torch.nn.Module, cfg: DetectorConfig, state: dict[str, torch.Tensor], where: str) -> None:
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if head_only(cfg):
+        missing = [k for k in missing if k.startswith(HEAD_PREFIX)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{where} does not match {cfg.arch} {cfg.model_kwargs}: "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
+
+
 def save_model_dir(folder: Path, model: torch.nn.Module, cfg: DetectorConfig) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = model_state(model, cfg)
     save_file(state, str(folder / WEIGHTS))
     cfg.save(folder / CONFIG)
 
@@ -51,10 +74,5 @@ def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, DetectorConfig]:
         raise FileNotFoundError(f"{folder / WEIGHTS} is missing") from None
     except Exception as e:  # safetensors raises its own error types for torn files
         raise ValueError(f"{folder / WEIGHTS} is corrupt or truncated: {e}") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{folder / WEIGHTS} does not match {cfg.arch} {cfg.model_kwargs}: "
-            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-        )
+    load_weights(model, cfg, state, str(folder / WEIGHTS))
     return model.eval(), cfg

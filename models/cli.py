@@ -57,13 +57,19 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from models.default_model import DEFAULT_DIR, default_config
     from models.store import list_models
 
+    cfg = default_config()
+    val = (cfg.metrics.get("val") or {}).get("auc")
+    print(f"{'TAG':<44} {'CREATED':<20} {'SIZE':>8}  ARCH / VAL AUC")
+    size = sum(f.stat().st_size for f in DEFAULT_DIR.iterdir()) / 1e6
+    print(f"{'default (shipped, ' + cfg.version + ')':<44} {'-':<20} {size:>6.1f}MB  "
+          f"{cfg.arch}+{cfg.head} {'' if val is None else f'{val:.4f}'} (head only; backbone {cfg.backbone_weights})")
     rows = list_models()
     if not rows:
-        print("no fakelens detectors in the BentoML store; add one with `fakelens export CHECKPOINT --out EXP`")
+        print("no exported detectors in the BentoML store yet; add one with `fakelens export CHECKPOINT --out EXP`")
         return 0
-    print(f"{'TAG':<44} {'CREATED':<20} {'SIZE':>8}  ARCH / VAL AUC")
     for r in rows:
         labels = r["labels"]
         print(f"{r['tag']:<44} {r['created']:<20} {r['size_mb']:>6.1f}MB  {labels.get('arch', '')} "

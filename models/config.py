@@ -22,6 +22,7 @@ CROP_MODES = ("crop", "resize")
 # Evaluation views. "center" scores one crop; "tiles" averages logits over a grid of
 # native-resolution crops covering the image (large images keep their artifacts).
 VIEW_MODES = ("center", "tiles")
+HEADS = ("classifier", "blocks")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,17 @@ class DetectorConfig:
     arch: str = "vit_small_patch16_224"
     # Extra timm create_model kwargs (e.g. depth/embed_dim for tiny test models).
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # "classifier": the timm model with a 1-logit classifier (fine-tuned or linear probe).
+    # "blocks": a frozen ViT whose CLS token is tapped after each block in `blocks`, feeding a
+    # small head with learned per-block weights (RINE/UnivFD style; models/network.py).
+    head: str = "classifier"
+    blocks: tuple[int, ...] = ()
+    head_dim: int = 128
+    # Identity of the frozen backbone's weights (models/backbones.py): a name such as
+    # "clip-vit-b16-openai" and the sha256 of the weights file. A "blocks" model folder stores only
+    # the head; the backbone is rebuilt from these and refused when the file differs.
+    backbone_weights: str = ""
+    backbone_sha256: str = ""
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     # Calibration, fitted on validation data (training/calibrate.py).
     temperature: float = 1.0
@@ -65,6 +77,10 @@ class DetectorConfig:
     data_fingerprint: str = ""
 
     def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head={self.head!r} is not one of {HEADS}")
+        if self.head == "blocks" and not self.blocks:
+            raise ValueError("head='blocks' needs the block indices to tap (blocks=...)")
         if self.uncertain_band is not None:
             low, high = self.uncertain_band
             if not (0.0 <= low <= self.threshold <= high <= 1.0):
@@ -83,6 +99,8 @@ class DetectorConfig:
         for key in ("mean", "std"):
             if key in pre:
                 pre[key] = tuple(pre[key])
+        if "blocks" in d:
+            d["blocks"] = tuple(int(b) for b in d["blocks"])
         if d.get("uncertain_band") is not None:
             d["uncertain_band"] = tuple(float(x) for x in d["uncertain_band"])
         known = {f.name for f in dataclasses.fields(cls)}

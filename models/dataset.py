@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
@@ -88,12 +88,46 @@ def _from_manifest(manifest: Path) -> list[Sample]:
                 split=split,
             )
         )
-    return samples
+    return hold_back_val(samples, manifest)
+
+
+def hold_back_val(samples: list[Sample], where: Path) -> list[Sample]:
+    """A manifest that ships train/val but no test split: its `val` is what its authors held
+    back, so it becomes our test split, and 15% of its train (by path hash) becomes val. The
+    threshold and band are then never fitted on the images the dataset reserves for judging."""
+    splits = {s.split for s in samples}
+    if "test" in splits or "val" not in splits:
+        return samples
+    out = []
+    for s in samples:
+        if s.split == "val":
+            split = "test"
+        elif s.split == "train":
+            rel = str(Path(s.path).relative_to(where.parent)) if Path(s.path).is_relative_to(where.parent) else s.path
+            split = "val" if hash_split(rel, val_pct=15, test_pct=0) == "val" else "train"
+        else:
+            split = s.split
+        out.append(replace(s, split=split))
+    return out
+
+
+def split_specs(data: str | Path) -> list[str]:
+    """Several datasets at once: `--data A --data B` arrives here as "A,B"."""
+    return [part for part in str(data).split(",") if part.strip()]
 
 
 def list_samples(data: str | Path, split: str | None = None) -> list[Sample]:
-    """All samples of a dataset folder or manifest, optionally only one split."""
-    data = Path(data)
+    """All samples of one or several (comma-separated) dataset folders or manifests, optionally
+    only one split. With several, each sample's source is prefixed by its dataset's name
+    (`realfake-train/bsds500`), so per-source reports and balancing keep them apart."""
+    specs = split_specs(data)
+    if len(specs) > 1:
+        out = []
+        for spec in specs:
+            name = dataset_name(spec)
+            out += [replace(s, source=f"{name}/{s.source or 'unknown'}") for s in list_samples(spec, split)]
+        return out
+    data = Path(specs[0] if specs else data)
     if not data.exists():
         raise FileNotFoundError(f"dataset {data} does not exist")
     samples = _from_folder(data) if data.is_dir() else _from_manifest(data)
@@ -104,6 +138,12 @@ def list_samples(data: str | Path, split: str | None = None) -> list[Sample]:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         samples = [s for s in samples if s.split == split]
     return samples
+
+
+def dataset_name(spec: str | Path) -> str:
+    """realfake-train for ../shared/datasets/realfake-train/manifest.csv or for the folder itself."""
+    p = Path(spec)
+    return p.parent.name if p.is_file() else p.name
 
 
 def fingerprint(samples: list[Sample]) -> str:

@@ -46,6 +46,8 @@ from models.parity import ParityResult, compare, parity_batches, raise_on_failur
 VERSION_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?$")
 # Cap on validation images scored per variant for the AUC change (each is a full pass per runtime).
 MAX_VAL_IMAGES = 1000
+# A runtime whose FPR at the threshold differs from eager's by more than this is not offered by `auto`.
+FPR_DRIFT = 0.01
 
 
 @dataclass(frozen=True)
@@ -164,9 +166,11 @@ def check_parity(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, name
     return results
 
 
-def variant_auc_changes(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, names: Sequence[str],
-                        val: Sequence[tuple[str, int]]) -> dict[str, dict[str, Any]]:
-    """Validation AUC of each reduced-precision variant minus the eager fp32 AUC, same images."""
+def backend_validation(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, names: Sequence[str],
+                       val: Sequence[tuple[str, int]]) -> dict[str, dict[str, Any]]:
+    """Validation AUC and FPR/TPR at the shipped threshold for each runtime, beside eager fp32 on
+    the same images. A runtime whose FPR at the threshold moves by more than FPR_DRIFT is marked
+    not offered: `auto` will not pick it, since its verdicts would differ from the calibrated ones."""
     from models.preprocess import ImageError, decode_image
     from models.runtime import Detector, ModuleBackend
 
@@ -181,18 +185,21 @@ def variant_auc_changes(folder: Path, cfg: DetectorConfig, model: torch.nn.Modul
             continue
     labels = np.array(labels)
 
-    def probs(backend) -> np.ndarray:
+    def measure(backend) -> tuple[dict[str, float], np.ndarray]:
         det = Detector(cfg, backend, str(folder))
-        return np.concatenate([det.probabilities(images[i : i + 32]) for i in range(0, len(images), 32)])
+        p = np.concatenate([det.probabilities(images[i : i + 32]) for i in range(0, len(images), 32)])
+        flagged = p >= cfg.threshold
+        return {"auc": roc_auc(labels, p), "fpr_at_threshold": float(flagged[labels == 0].mean()),
+                "tpr_at_threshold": float(flagged[labels == 1].mean())}, p
 
-    ref = probs(ModuleBackend(model, "cpu"))
-    auc_ref = roc_auc(labels, ref)
-    out = {}
+    ref, ref_p = measure(ModuleBackend(model, "cpu"))
+    out = {"eager": {**ref, "val_images": len(images), "offered": True}}
     for name in names:
-        p = probs(_backend(name, folder, cfg))
-        auc = roc_auc(labels, p)
-        out[name] = {"val_images": len(images), "auc_fp32": auc_ref, "auc": auc, "auc_change": auc - auc_ref,
-                     "max_abs_prob_diff": float(np.max(np.abs(p - ref)))}
+        got, p = measure(_backend(name, folder, cfg))
+        drift = got["fpr_at_threshold"] - ref["fpr_at_threshold"]
+        out[name] = {**got, "val_images": len(images), "auc_fp32": ref["auc"], "auc_change": got["auc"] - ref["auc"],
+                     "fpr_drift": drift, "max_abs_prob_diff": float(np.max(np.abs(p - ref_p))),
+                     "offered": abs(drift) <= FPR_DRIFT}
     return out
 
 
@@ -267,12 +274,17 @@ def _export_into(tmp: Path, source: Path, model: torch.nn.Module, cfg: DetectorC
     variants = {n: {"auc_change": None, "auc_fp32": trained_auc,
                     "note": "pass --data DATA to measure this variant's validation AUC change"}
                 for n in names if n in ("onnx-int8", "onnx-fp16")}
-    if val and variants:
-        variants = variant_auc_changes(tmp, cfg, model, list(variants), val)
-        for name, v in variants.items():
-            log(f"{name}: val AUC {v['auc']:.4f} vs fp32 {v['auc_fp32']:.4f} (change {v['auc_change']:+.4f})")
+    validation = None
+    if val:
+        validation = backend_validation(tmp, cfg, model, names + ["openvino"], val)
+        for name, v in validation.items():
+            if name != "eager":
+                log(f"{name}: val AUC {v['auc']:.4f} vs eager {v['auc_fp32']:.4f} (change {v['auc_change']:+.4f}), "
+                    f"FPR at threshold {v['fpr_at_threshold']:.3f} (drift {v['fpr_drift']:+.3f})"
+                    f"{'' if v['offered'] else ' -> not offered by auto'}")
+        variants = {n: validation[n] for n in variants}
     meta = build_metadata(cfg, **facts, parity={r.backend: r.to_dict() for r in results + runtime_results},
-                          variants=variants, export_seconds=round(time.time() - started, 2))
+                          variants=variants, validation=validation, export_seconds=round(time.time() - started, 2))
     _write_artifact_metadata(tmp, meta, traced)
     # The files were rewritten to embed the metadata: check the final bytes, not the earlier ones.
     raise_on_failure(check_parity(tmp, cfg, model, names), "the export folder")

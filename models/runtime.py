@@ -185,8 +185,12 @@ def default_backend(folder: Path, device: str) -> str:
 
         has_cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
         return "onnx-fp16" if has_cuda_ort and (folder / ONNX_FP16_FILE).is_file() else "torchscript"
-    parity = read_metadata(folder).get("parity", {})
+    meta = read_metadata(folder)
+    parity = meta.get("parity", {})
     openvino_ok = isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True
+    # Measured on validation images at export (--data): a runtime whose verdicts drift is not offered.
+    validation = meta.get("validation") or {}
+    openvino_ok = openvino_ok and validation.get("openvino", {}).get("offered", True)
     return "openvino" if openvino_ok else "onnx"
 
 
@@ -207,9 +211,14 @@ def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
         )
 
 
-def load_detector(source: str | Path, backend: str = "auto", device: str = "auto") -> Detector:
-    """Load a detector from a model/run/export folder or a model-store tag."""
+def load_detector(source: str | Path | None = "default", backend: str = "auto", device: str = "auto") -> Detector:
+    """Load a detector from a model/run/export folder, a model-store tag, or "default" (None):
+    the detector that ships with fakelens (models/default_model.py)."""
+    from models import default_model
+
     device = resolve_device(device)
+    if default_model.is_default(source):
+        source = default_model.resolve(backend)
     folder, cfg = locate(source)
     name = default_backend(folder, device) if backend == "auto" else backend
     if name not in BACKENDS:

@@ -32,7 +32,8 @@ def register(subparsers) -> None:
         help="image files, folders, globs, manifests (.csv/.jsonl/.txt) or URLs",
     )
     p.add_argument("-o", "--out", required=True, help="output file: .jsonl, .csv or .parquet")
-    p.add_argument("--model", required=True, help="model/run/export folder or model-store tag")
+    p.add_argument("--model", default="default",
+                   help="model/run/export folder, model-store tag, or 'default' (the shipped detector; the default)")
     p.add_argument("--backend", default="auto", help="runtime backend (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--batch-size", type=int, default=32)

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the detector over HTTP (BentoML, adaptive batching)")
     p.add_argument("--model", help="model/run/export folder or model-store tag (default: FAKELENS_MODEL "
-                   "or fakelens-detector:latest)")
+                   "or 'default', the detector that ships with fakelens)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--backend", help="runtime backend (default auto)")

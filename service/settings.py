@@ -27,7 +27,7 @@ MB = 1024 * 1024
 
 @dataclass(frozen=True)
 class ServeSettings:
-    model: str = "fakelens-detector:latest"  # model/run/export folder or store tag
+    model: str = "default"  # model/run/export folder, store tag, or "default" (the shipped detector)
     backend: str = "auto"
     device: str = "auto"
     batching: bool = True  # False: each request runs alone (benchmark baseline)

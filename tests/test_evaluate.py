@@ -151,7 +151,8 @@ def test_uncalibrated_model_is_fitted_on_val_and_saved(tmp_path, tiny_checkpoint
 
 
 def test_empty_split_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
-    manifest = make_dataset(tmp_path / "data", splits=("train", "val"), per_split=1)
+    # Only train rows: a manifest with train and val would hold its val back as test.
+    manifest = make_dataset(tmp_path / "data", splits=("train",), per_split=1)
     rows = [r for r in manifest.read_text().splitlines() if "broken" not in r]
     manifest.write_text("\n".join(rows) + "\n")
     rc = main(
@@ -167,7 +168,7 @@ def test_empty_split_is_a_clear_error(tmp_path, tiny_checkpoint, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 2 and "'test' split" in err and "empty" in err and "train=3" in err
+    assert rc == 2 and "'test' split" in err and "empty" in err and "train=" in err
 
 
 def test_collect_logits_skips_unreadable_files(tmp_path, tiny_checkpoint):

@@ -118,6 +118,29 @@ def test_auc_change_is_measured_on_validation_images(tiny_checkpoint, image_fold
     assert v["auc_change"] == pytest.approx(v["auc"] - v["auc_fp32"])
 
 
+def test_every_backend_is_validated_and_a_drifting_one_is_not_offered(tiny_checkpoint, image_folder, tmp_path):
+    from models.metadata import read_metadata, write_metadata
+    from models.runtime import default_backend
+
+    paths = image_files(image_folder)
+    val = [(str(p), i % 2) for i, p in enumerate(paths)]
+    meta = export_model(tiny_checkpoint, tmp_path / "exp", val=val, log=lambda _: None)
+    validation = meta["validation"]
+    assert {"eager", "onnx", "torchscript", "openvino"} <= set(validation)
+    real = [p for p, y in val if y == 0]
+    probs = load_detector(tiny_checkpoint, backend="eager", device="cpu").probabilities(
+        [decode_image(p)[0] for p in real])
+    threshold = json.loads((tmp_path / "exp" / "detector.json").read_text())["threshold"]
+    assert validation["eager"]["fpr_at_threshold"] == pytest.approx(float((probs >= threshold).mean()))
+    assert validation["onnx"]["offered"] and abs(validation["onnx"]["fpr_drift"]) <= 0.01
+    # What `auto` picks follows the measurement: mark OpenVINO as drifting and it is passed over.
+    assert default_backend(tmp_path / "exp", "cpu") == "openvino"
+    stored = read_metadata(tmp_path / "exp")
+    stored["validation"]["openvino"]["offered"] = False
+    write_metadata(tmp_path / "exp", stored)
+    assert default_backend(tmp_path / "exp", "cpu") == "onnx"
+
+
 def test_cli_refuses_bad_version_and_foreign_out_folder(tiny_checkpoint, tmp_path, capsys):
     assert main(["export", str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--no-store", "--version", "V 1"]) == 2
     assert "not a valid model-store version" in capsys.readouterr().err

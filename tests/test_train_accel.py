@@ -17,14 +17,14 @@ from safetensors.torch import load_file
 from models.checkpoint import load_model_dir
 from models.network import build_network
 from tests.conftest import TINY_VIT, tiny_config
-from training.train import (
+from training.model_prep import (
     enable_grad_checkpointing,
     is_convolutional,
-    train,
     unwrap,
     use_channels_last,
     wrap_model,
 )
+from training.train import train
 from training.train_config import TrainConfig
 
 

@@ -9,8 +9,8 @@ import torch
 
 from models.network import build_network
 from tests.conftest import tiny_config
+from training.model_prep import amp_settings
 from training.optim import EMA, WarmupCosine, build_optimizer, build_scheduler
-from training.train import amp_settings
 
 
 def _tiny_vit():

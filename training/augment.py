@@ -30,6 +30,13 @@ class AugmentConfig:
     blur_prob: float = 0.1
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     hflip: bool = True
+    # Random downscale before the crop, and sensor-like Gaussian noise: both move images along
+    # the smoothness axis that separates the shared datasets' reals and fakes for reasons that
+    # have nothing to do with generation (../shared/notes/shortcuts.md), for both classes alike.
+    downscale_prob: float = 0.0
+    downscale_range: tuple[float, float] = (0.5, 1.0)
+    noise_prob: float = 0.0
+    noise_sigma: tuple[float, float] = (1.0, 6.0)
 
 
 def jpeg_recompress(img: Image.Image, quality: int) -> Image.Image:
@@ -51,6 +58,24 @@ def degrade(img: Image.Image, aug: AugmentConfig, rng: np.random.Generator) -> I
     return img
 
 
+def rescale_and_noise(img: Image.Image, aug: AugmentConfig, rng: np.random.Generator, min_side: int) -> Image.Image:
+    # Drawn only when enabled, so configs without these options replay their old sequences.
+    if aug.downscale_prob > 0:
+        do, factor = rng.random() < aug.downscale_prob, rng.uniform(*aug.downscale_range)
+        # Never below the crop size: padding would add an edge no real upload has.
+        factor = max(factor, min_side / max(1, min(img.size)))
+        if do and factor < 1:
+            w, h = img.size
+            img = img.resize((max(1, round(w * factor)), max(1, round(h * factor))), Image.Resampling.BICUBIC)
+    if aug.noise_prob > 0:
+        do, sigma = rng.random() < aug.noise_prob, rng.uniform(*aug.noise_sigma)
+        if do:
+            arr = np.asarray(img, dtype=np.float32)
+            noise = rng.standard_normal(arr.shape, dtype=np.float32) * np.float32(sigma)
+            img = Image.fromarray(np.clip(arr + noise, 0, 255).round().astype(np.uint8))
+    return img
+
+
 def random_crop(arr: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """A size x size crop at a random position; sides shorter than size are padded (centred)."""
     h, w = arr.shape[:2]
@@ -61,6 +86,7 @@ def random_crop(arr: np.ndarray, size: int, rng: np.random.Generator) -> np.ndar
 
 def train_view(img: Image.Image, pre: PreprocessConfig, aug: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
     """One augmented training view: 3 x S x S float32, normalised like eval_views."""
+    img = rescale_and_noise(img, aug, rng, pre.img_size)
     img = degrade(img, aug, rng)
     if pre.crop_mode == "resize":
         img = resize_shorter(img, pre.img_size)

@@ -65,6 +65,37 @@ def threshold_at_fpr(real_probs: np.ndarray, target_fpr: float) -> float:
     return float(np.nextafter(r[allowed], np.inf))
 
 
+def group_weights(groups) -> np.ndarray:
+    """Weights that give every group (source) the same total: the largest does not set the rule."""
+    g = np.asarray(groups).astype(str)
+    names, inverse, counts = np.unique(g, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse] / len(names)
+
+
+def weighted_threshold_at_fpr(real_probs: np.ndarray, weights: np.ndarray, target_fpr: float) -> float:
+    """Smallest threshold t whose weighted share of real images with p >= t is <= target_fpr."""
+    p = np.asarray(real_probs, dtype=np.float64)
+    if not p.size:
+        raise ValueError("no real images to choose a threshold on")
+    order = np.argsort(-p, kind="stable")
+    w = np.asarray(weights, dtype=np.float64)[order]
+    flagged = np.cumsum(w) / w.sum()  # weighted FPR when the top k+1 reals are flagged
+    ok = np.flatnonzero(flagged <= target_fpr + 1e-12)
+    k = 0 if not ok.size else ok[-1] + 1  # how many of the top reals may be flagged
+    # Ties: every real at the same score as the first unflagged one stays unflagged too.
+    return 0.0 if k >= p.size else float(np.nextafter(p[order][k], np.inf))
+
+
+def uncertain_band(probs: np.ndarray, y: np.ndarray, weights: np.ndarray, threshold: float,
+                   target_fpr: float, miss_rate: float = 0.05) -> tuple[float, float]:
+    """(low, high): `synthetic` needs p >= high, where the weighted val FPR is target_fpr / 5;
+    `real` needs p < low, below which at most `miss_rate` of val fakes fall."""
+    high = max(threshold, weighted_threshold_at_fpr(probs[y == 0], weights[y == 0], target_fpr / 5))
+    fakes = np.sort(probs[y == 1])
+    low = min(threshold, float(fakes[int(math.floor(miss_rate * fakes.size))])) if fakes.size else threshold
+    return float(low), float(min(high, 1.0))
+
+
 def _check_inputs(val_logits, val_labels) -> tuple[np.ndarray, np.ndarray]:
     z = np.asarray(val_logits, dtype=np.float64).reshape(-1)
     y = np.asarray(val_labels).reshape(-1)
@@ -85,21 +116,43 @@ def _check_inputs(val_logits, val_labels) -> tuple[np.ndarray, np.ndarray]:
     return z, y.astype(np.int64)
 
 
-def calibrate(detector_config: DetectorConfig, val_logits, val_labels) -> DetectorConfig:
-    """A copy of detector_config with fitted temperature, threshold and validation metrics."""
+def calibrate(detector_config: DetectorConfig, val_logits, val_labels, groups=None) -> DetectorConfig:
+    """A copy of detector_config with fitted temperature, threshold and validation metrics.
+
+    With `groups` (each val image's source), the threshold holds the target FPR on the
+    source-balanced pool of real images (every real source counts the same, however many
+    images it has), the uncertain band is fitted too, and the val FPR per real source is
+    recorded.
+    """
     z, y = _check_inputs(val_logits, val_labels)
     temperature = fit_temperature(z, y)
     probs = calibrated_probability(z, temperature)
-    threshold = threshold_at_fpr(probs[y == 0], detector_config.target_fpr)
+    band, per_source = None, {}
+    if groups is None:
+        threshold = threshold_at_fpr(probs[y == 0], detector_config.target_fpr)
+    else:
+        g = np.asarray(groups).astype(str)
+        w = np.zeros_like(probs)
+        for label in (0, 1):
+            w[y == label] = group_weights(g[y == label])
+        threshold = weighted_threshold_at_fpr(probs[y == 0], w[y == 0], detector_config.target_fpr)
+        band = uncertain_band(probs, y, w, threshold, detector_config.target_fpr)
+        for name in sorted(set(g[y == 0])):
+            real = probs[(y == 0) & (g == name)]
+            per_source[name] = {"n": int(real.size), "fpr_at_threshold": float(np.mean(real >= threshold))}
     report = binary_report(y, probs, threshold)
     calibration = {
         "n_val": int(y.size),
         "nll_uncalibrated": nll(z, y, 1.0),
         "nll_calibrated": nll(z, y, temperature),
         "target_fpr": detector_config.target_fpr,
+        "balanced_over_sources": groups is not None,
     }
+    if per_source:
+        calibration["val_fpr_per_real_source"] = per_source
     metrics = {**detector_config.metrics, "val": report, "calibration": calibration}
-    return dataclasses.replace(detector_config, temperature=temperature, threshold=threshold, metrics=metrics)
+    return dataclasses.replace(detector_config, temperature=temperature, threshold=threshold, metrics=metrics,
+                               uncertain_band=band)
 
 
 def is_calibrated(cfg: DetectorConfig) -> bool:

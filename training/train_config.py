@@ -16,6 +16,8 @@ from typing import Any
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 DEVICES = ("auto", "cpu", "cuda")
+HEADS = ("classifier", "blocks")
+BALANCES = ("none", "label", "source")
 
 # Fields that may differ between an interrupted run and its --resume without changing
 # the result (how long to run, how fast to load, where to report).
@@ -50,8 +52,20 @@ class TrainConfig:
     amp: str = "auto"
     ema_decay: float | None = None
     freeze_backbone: bool = False
+    # "blocks": frozen ViT, CLS tokens of `blocks` (empty: all) cached per view, head trained
+    # on the cache (models/network.py, training/features.py). "classifier": train the timm model.
+    head: str = "classifier"
+    blocks: tuple[int, ...] = ()
+    head_dim: int = 128
+    # Augmented views per training image in the feature cache (view 0 is the eval view).
+    feature_views: int = 1
+    # Sampling balance: "label" (real/fake 50/50), "source" (also across sources within a
+    # label, weight 1/sqrt(source size)), "none" (as the data comes).
+    balance: str = "label"
     jpeg_prob: float = 0.3
     blur_prob: float = 0.1
+    downscale_prob: float = 0.0
+    noise_prob: float = 0.0
     hflip: bool = True
     seed: int = 0
     workers: int = 0
@@ -88,6 +102,11 @@ class TrainConfig:
             (self.max_steps is None or self.max_steps >= 1, f"--max-steps {self.max_steps}: must be >= 1"),
             (self.patience is None or self.patience >= 1, f"--patience {self.patience}: must be >= 1"),
             (not (self.pretrained_file and self.pretrained), "use either --pretrained or --pretrained-file, not both"),
+            (self.head in HEADS, f"--head {self.head!r}: choose one of {HEADS}"),
+            (self.balance in BALANCES, f"--balance {self.balance!r}: choose one of {BALANCES}"),
+            (self.feature_views >= 0, f"--feature-views {self.feature_views}: must be >= 0"),
+            (0 <= self.downscale_prob <= 1, f"--downscale-prob {self.downscale_prob}: must be within [0, 1]"),
+            (0 <= self.noise_prob <= 1, f"--noise-prob {self.noise_prob}: must be within [0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -99,7 +118,10 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        d = {k: v for k, v in d.items() if k in known}
+        if "blocks" in d:
+            d["blocks"] = tuple(d["blocks"])
+        return cls(**d)
 
     def save(self, path: Path) -> None:
         from models.atomic import atomic_write_text
