@@ -103,7 +103,7 @@ class GuardMiddleware:
         limit = self.limit(path)
         declared = headers.get(b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            raise too_large(int(declared), limit)
+            raise too_large(int(declared), limit, path)
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -112,7 +112,7 @@ class GuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise too_large(size, limit)
+                raise too_large(size, limit, path)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
@@ -143,10 +143,14 @@ class GuardMiddleware:
             await form.close()
 
 
-def too_large(size: int, limit: int) -> PayloadTooLarge:
+def too_large(size: int, limit: int, path: str = "") -> PayloadTooLarge:
+    if path in UPLOAD_LIMITS:
+        what, knob = "file", "FAKELENS_" + UPLOAD_LIMITS[path].upper()
+    else:
+        what, knob = "image", "FAKELENS_MAX_BYTES / FAKELENS_MAX_REQUEST_BYTES"
     return PayloadTooLarge(
-        f"the request body is {size:,}+ bytes, above the limit of {limit:,}; send a smaller image "
-        "(or raise FAKELENS_MAX_BYTES / FAKELENS_MAX_REQUEST_BYTES)"
+        f"the request body is {size:,}+ bytes, above the limit of {limit:,}; send a smaller {what} "
+        f"(or raise {knob})"
     )
 
 

@@ -33,11 +33,13 @@ INDEX = "_index"
 class ScoreActor:
     """One Ray actor: a detector loaded once, scoring batches of paths."""
 
-    def __init__(self, model: str, backend: str, device: str, max_pixels: int):
+    def __init__(self, model: str, backend: str, device: str, max_pixels: int, evidence: dict | None = None):
         from models.runtime import load_detector
 
         self.detector = load_detector(model, backend, device)
         self.max_pixels = max_pixels
+        # face mode, video sampling and aggregate (service.score.ScoreOptions); heatmaps are local-engine only
+        self.evidence = evidence or {}
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
@@ -45,9 +47,10 @@ class ScoreActor:
 
         pre = self.detector.config.preprocess
         with torch.inference_mode():
-            rows = score_prepared(
-                self.detector, [prepare(str(p), pre, self.max_pixels) for p in batch["path"]]
-            )
+            ev = self.evidence
+            items = [prepare(str(p), pre, self.max_pixels, ev.get("faces", False), ev.get("sampling"),
+                             ev.get("video_limits")) for p in batch["path"]]
+            rows = score_prepared(self.detector, items, ev.get("aggregate", "mean"))
         table = pa.Table.from_pylist(rows, schema=arrow_schema())
         return table.append_column(INDEX, pa.array(np.asarray(batch[INDEX], dtype=np.int64)))
 
@@ -101,6 +104,8 @@ def score_files_ray(
     inputs: Sequence[str], out: str | Path, opts: ScoreOptions, address: str | None = None
 ) -> Summary:
     """Score `inputs` into OUT on Ray Data (a local instance unless an address is given)."""
+    if opts.heatmaps is not None:
+        raise ValueError("--heatmaps writes PNGs beside the job and runs with the local engine only; drop --engine ray")
     import pyarrow.compute as pc
     import ray
 
@@ -120,7 +125,9 @@ def score_files_ray(
         ds = ds.map_batches(
             ScoreActor,
             fn_constructor_kwargs=dict(
-                model=opts.model, backend=opts.backend, device=opts.device, max_pixels=opts.max_pixels
+                model=opts.model, backend=opts.backend, device=opts.device, max_pixels=opts.max_pixels,
+                evidence=dict(faces=opts.faces, sampling=opts.sampling, video_limits=opts.video_limits,
+                              aggregate=opts.aggregate),
             ),
             batch_size=opts.batch_size,
             batch_format="numpy",

@@ -108,3 +108,19 @@ def test_score_writes_heatmaps(media, tiny_checkpoint, tmp_path):
     assert rows["e_broken.webm"]["detail"] is None and len(list(folder.iterdir())) == 2
     assert main(["score", *inputs, "-o", str(tmp_path / "bad.jsonl"), "--model", str(tiny_checkpoint),
                  "--heatmaps", str(folder), "--heat-grid", "0"]) == 2
+
+
+def test_ray_engine_scores_faces_and_videos(media, tiny_checkpoint, tmp_path):
+    pytest.importorskip("ray")
+    from service.ray_engine import score_files_ray
+
+    inputs = [str(media / "c_face.jpg"), str(media / "d_clip.mp4")]
+    out = tmp_path / "ray.jsonl"
+    opts = ScoreOptions(model=str(tiny_checkpoint), device="cpu", workers=1, progress=False, faces=True,
+                        sampling=Sampling(frames=2))
+    score_files_ray(inputs, out, opts)
+    rows = rows_by_name(out)
+    assert json.loads(rows["c_face.jpg"]["detail"])["face_found"]
+    assert json.loads(rows["d_clip.mp4"]["detail"])["frames_scored"] == 2
+    with pytest.raises(ValueError, match="local engine"):
+        score_files_ray(inputs, tmp_path / "x.jsonl", ScoreOptions(model=str(tiny_checkpoint), heatmaps="h"))

@@ -177,6 +177,8 @@ def test_detect_video_refusals(http, name, payload, data, status, kind):
     r = http.post("/detect_video", files={"video": (name, content)}, data=data)
     assert r.status_code == status, r.text
     assert r.json()["error"]["kind"] == kind and r.json()["error"]["message"]
+    if kind == "too_large":
+        assert "FAKELENS_MAX_VIDEO_BYTES" in r.json()["error"]["message"]
 
 
 def test_detect_video_needs_the_video_field(http):
