@@ -30,6 +30,19 @@ MAX_FACES = 16
 MARGIN = 0.3  # of the box size, added on each side: hairline, ears and jaw edges carry blending traces
 
 
+def _import_yuface() -> None:
+    """Import yuface with passive OpenMP waiting unless the user chose otherwise.
+
+    yuface bundles its own libgomp, which reads OMP_WAIT_POLICY once, when it loads. Its
+    default (spinning) made one 512 px detection 526 ms instead of 36 ms on our busy 2-core
+    machine (docs/evidence.md); `fakelens` sets the same default for torch in service/cli.py,
+    but the library is also used without that entry point (bentoml serve, tests, benches).
+    """
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 @dataclass(frozen=True)
 class Face:
     box: tuple[int, int, int, int]  # x, y, width, height in the original image's pixels
@@ -44,6 +57,7 @@ class FacePlan:
 
 def find_faces(img: Image.Image, min_confidence: float = MIN_CONFIDENCE, max_faces: int = MAX_FACES) -> list[Face]:
     """Faces in an RGB image, most confident first, boxes in native pixels."""
+    _import_yuface()
     import yuface
 
     scale = min(1.0, DETECT_MAX_SIDE / max(img.size))
