@@ -13,6 +13,11 @@ Sources, all read from the uploaded bytes, offline:
   generators write (Stable Diffusion web UIs' `parameters`, ComfyUI's `prompt`/`workflow`,
   InvokeAI, NovelAI).
 
+Trust: C2PA signers are checked against the PEM trust anchors named by the environment
+variable FAKELENS_C2PA_TRUST_ANCHORS (a file path; read by the service, the scorer and the
+CLI alike), or passed as `trust_anchors`; without any, a valid signature is
+`untrusted_signer`, never `trusted`.
+
 Policy (docs/evidence.md): an intact declaration of generative AI (a manifest that is not
 `invalid`, or plain metadata) makes the verdict `synthetic` with reason "declared"
 (`models.verdict.decide`). Nothing here is ever evidence of authenticity: metadata is
@@ -21,8 +26,10 @@ stripped by most uploads and re-encodes, and anyone can write "Canon" into EXIF.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import os
 import re
 
 from PIL import Image
@@ -45,6 +52,7 @@ EXIF_TAGS = {"software": 0x0131, "make": 0x010F, "model": 0x0110}
 EXIF_IFD, USER_COMMENT = 0x8769, 0x9286
 XMP_PACKET = re.compile(rb"<x:xmpmeta.*?</x:xmpmeta>", re.S)
 SOURCE_TYPE = re.compile(r"DigitalSourceType(?:>|=\")\s*(?:<rdf:[^>]*>\s*)?([^<\"\s]+)")
+TRUST_ENV = "FAKELENS_C2PA_TRUST_ANCHORS"
 NOTE = "absence of provenance metadata is not evidence of authenticity (most uploads strip it)"
 
 
@@ -53,20 +61,38 @@ def _short(source_type: str | None) -> str | None:
     return source_type.rstrip("/").rsplit("/", 1)[-1] if source_type else None
 
 
-def _c2pa_context():
+@functools.lru_cache(maxsize=4)
+def _anchors_file(path: str) -> str:
+    try:
+        text = open(path, encoding="ascii").read()
+    except OSError as e:
+        raise ValueError(f"{TRUST_ENV}={path}: cannot read the trust anchors ({e.strerror}); give a PEM file") from None
+    if "BEGIN CERTIFICATE" not in text:
+        raise ValueError(f"{TRUST_ENV}={path} holds no PEM certificate")
+    return text
+
+
+def env_trust_anchors() -> str | None:
+    path = os.environ.get(TRUST_ENV, "")
+    return _anchors_file(path) if path else None
+
+
+def _c2pa_context(trust_anchors: str | None):
     import c2pa
 
     # Never touch the network while reading an upload: remote manifests are reported, not fetched.
-    settings = c2pa.Settings.from_json(json.dumps({"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}))
-    return c2pa.Context(settings)
+    settings: dict = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+    if trust_anchors:
+        settings["trust"] = {"trust_anchors": trust_anchors}
+    return c2pa.Context(c2pa.Settings.from_json(json.dumps(settings)))
 
 
-def read_c2pa(data: bytes) -> dict:
+def read_c2pa(data: bytes, trust_anchors: str | None = None) -> dict:
     """The active C2PA manifest's facts, or {"present": False}."""
     import c2pa
 
     try:
-        with c2pa.Reader(None, io.BytesIO(data), context=_c2pa_context()) as reader:
+        with c2pa.Reader(None, io.BytesIO(data), context=_c2pa_context(trust_anchors)) as reader:
             store = json.loads(reader.json())
     except c2pa.C2paError as e:
         text = str(e)
@@ -133,10 +159,12 @@ def _xmp_source_type(data: bytes) -> str | None:
     return _short(match.group(1)) if match else None
 
 
-def read_provenance(data: bytes) -> dict:
-    """Every provenance signal in the file's bytes, and whether any of them declares generative AI."""
+def read_provenance(data: bytes, trust_anchors: str | None = None) -> dict:
+    """Every provenance signal in the file's bytes, and whether any of them declares generative AI.
+
+    `trust_anchors` (PEM text) defaults to the file named by FAKELENS_C2PA_TRUST_ANCHORS."""
     declared, warnings = [], []
-    c2pa_facts = read_c2pa(data)
+    c2pa_facts = read_c2pa(data, trust_anchors or env_trust_anchors())
     status = c2pa_facts.get("status")
     if status == "invalid":
         warnings.append("the C2PA manifest is INVALID (" + ", ".join(c2pa_facts["validation_codes"]) +

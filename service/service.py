@@ -27,6 +27,7 @@ import torch
 
 from models.config import DetectorConfig
 from models.runtime import Detector as LoadedDetector
+from models.provenance import env_trust_anchors
 from models.runtime import load_detector
 from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence
@@ -106,6 +107,7 @@ class Detector:
     model = bentoml.depends(DetectorModel)
 
     def __init__(self) -> None:
+        env_trust_anchors()  # a bad FAKELENS_C2PA_TRUST_ANCHORS stops the start, rather than failing every request
         self.config: DetectorConfig | None = None
         self.model_info: dict = {}
         self._lock = asyncio.Lock()

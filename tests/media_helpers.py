@@ -19,8 +19,8 @@ def jpeg_bytes(size=(64, 48), seed: int = 0, **save) -> bytes:
     return buf.getvalue()
 
 
-def _cert_chain():
-    """A CA and an end-entity signing certificate (ES256), valid for a day around now."""
+def cert_chain() -> tuple[bytes, bytes]:
+    """(end-entity + CA certificate PEM chain, end-entity private key PEM): ES256, valid a day around now."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -60,11 +60,18 @@ def _cert_chain():
     return chain, private
 
 
-def c2pa_signed_jpeg(source_type: str = "trainedAlgorithmicMedia", remote_url: str | None = None) -> bytes:
+def root_pem(chain: tuple[bytes, bytes]) -> str:
+    """The CA certificate of a `cert_chain()` (what a verifier would configure as a trust anchor)."""
+    end = b"-----END CERTIFICATE-----"
+    return (chain[0].split(end)[1].lstrip() + end + b"\n").decode()
+
+
+def c2pa_signed_jpeg(source_type: str = "trainedAlgorithmicMedia", remote_url: str | None = None,
+                     chain: tuple[bytes, bytes] | None = None) -> bytes:
     """A JPEG with a C2PA manifest (c2pa Builder) whose c2pa.created action declares `source_type`."""
     import c2pa
 
-    chain, private = _cert_chain()
+    chain, private = chain or cert_chain()
     signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, private, None))
     manifest = {
         "claim_generator_info": [{"name": "fakelens-test", "version": "1"}],

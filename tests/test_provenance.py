@@ -7,14 +7,16 @@ import json
 import pytest
 
 from models.config import DetectorConfig
-from models.provenance import read_provenance
+from models.provenance import TRUST_ENV, read_provenance
 from models.verdict import decide
 from tests.media_helpers import (
     c2pa_signed_jpeg,
+    cert_chain,
     jpeg_bytes,
     jpeg_with_exif,
     jpeg_with_xmp,
     png_with_text,
+    root_pem,
     tampered,
 )
 
@@ -35,6 +37,21 @@ def test_signed_manifest_declaring_ai_is_read_and_declared(signed):
     assert prov["declared_ai"] and "trainedAlgorithmicMedia" in prov["declared_by"][0]
     assert prov["warnings"] == []
     json.dumps(prov)  # goes into JSON answers and score rows as is
+
+
+def test_signer_under_a_configured_trust_anchor_is_trusted(monkeypatch, tmp_path):
+    chain = cert_chain()
+    signed = c2pa_signed_jpeg(chain=chain)
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_text(root_pem(chain))
+    monkeypatch.setenv(TRUST_ENV, str(anchors))
+    prov = read_provenance(signed)
+    assert prov["c2pa"]["status"] == "trusted" and prov["c2pa"]["validation_codes"] == []
+    assert prov["declared_ai"] and "(trusted)" in prov["declared_by"][0]
+    assert read_provenance(c2pa_signed_jpeg())["c2pa"]["status"] == "untrusted_signer"  # another CA
+    monkeypatch.setenv(TRUST_ENV, str(tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="trust anchors"):
+        read_provenance(signed)
 
 
 def test_tampered_manifest_is_invalid_loudly_and_declares_nothing(signed):
