@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from models.config import DetectorConfig
-from models.runtime import Detector as LoadedDetector
 from models.provenance import env_trust_anchors
+from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence
