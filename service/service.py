@@ -189,7 +189,6 @@ class Detector:
                    for o in outcomes]
         return {"results": results, "elapsed_ms": round((time.perf_counter() - start) * 1000, 3)}
 
-
     # ---- evidence: face mode, heatmaps, video (logic in models/, glue in service/evidence.py) ----
 
     async def score_views(self, views: list[np.ndarray]) -> list[float]:
