@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO ?= /tmp/fakelens-demo
+CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: setup demo test lint bench clean-demo
+.PHONY: setup browser demo test lint bench clean-demo
 
 setup: $(VENV)/.installed
 
@@ -35,7 +36,19 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 
-test: setup
+# The page's tests (tests/browser) drive Debian's chromium through Playwright (`playwright install`
+# needs a CDN). Install it when missing and we can (CI runs as root); otherwise those tests skip
+# and say why.
+browser:
+	@if [ ! -x $(CHROMIUM) ] && [ -z "$$FAKELENS_CHROMIUM" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the browser tests (apt-get)"; \
+	    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) >/dev/null \
+	      || echo "chromium could not be installed; the browser tests will be skipped"; \
+	  else echo "no $(CHROMIUM) and not root: the browser tests will be skipped (apt-get install chromium)"; fi; \
+	fi
+
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

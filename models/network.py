@@ -143,6 +143,12 @@ def build_network(cfg: DetectorConfig, pretrained: bool = False, pretrained_file
     position-embedding resampling behave exactly as for hub weights. A "blocks" model whose
     config names `backbone_weights` gets them from models/backbones.py (no hub needed).
     """
+    if cfg.head == "classifier" and cfg.backbone_weights:
+        # Fine-tuning named weights (e.g. CLIP on a GPU machine): load them, then a 1-logit head.
+        model = build_backbone(cfg)
+        load_backbone_weights(model, cfg)
+        model.reset_classifier(1)
+        return model
     if cfg.head == "classifier":
         return build_backbone(cfg, pretrained, pretrained_file)
     backbone = build_backbone(cfg, pretrained and not cfg.backbone_weights, pretrained_file)

@@ -2,7 +2,8 @@
 
 It runs before BentoML parses the multipart body, so bad requests are answered with an
 actionable 4xx instead of reaching code that would turn them into 500s:
-- API keys (401) when FAKELENS_API_KEYS is set; /livez, /readyz, /metrics stay open;
+- API keys (401) when FAKELENS_API_KEYS is set; /livez, /readyz, /metrics and the page's
+  own GETs (`/`, `/page/...`: no data, and the browser needs them to ask for a key) stay open;
 - admission: more than `max_inflight` detection requests in flight -> 503 + Retry-After,
   and any 503/429 answered downstream also gets Retry-After;
 - Content-Type must be multipart/form-data (415); the body is read up to its byte
@@ -27,6 +28,7 @@ from service.errors import (
     UnsupportedMediaType,
     error_response,
 )
+from service.page import is_page_request
 
 OPEN_PATHS = frozenset({"/livez", "/readyz", "/healthz", "/metrics"})
 # route -> (form field, how many files it may carry: 1 or "many")
@@ -49,7 +51,7 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         path = scope["path"]
         try:
-            if self.keys and path not in OPEN_PATHS:
+            if self.keys and path not in OPEN_PATHS and not is_page_request(scope["method"], path):
                 self.check_key(scope)
             if path not in ENDPOINTS or scope["method"] != "POST":
                 return await self.app(scope, receive, send)

@@ -33,6 +33,7 @@ from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence
 from service.errors import BadRequest, Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
+from service.page import page_app
 from service.settings import ServeSettings
 from service.verdict import Prepared, item_error, prepare, verdict
 
@@ -253,3 +254,5 @@ class Detector:
         return out
 
 Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)
+# The analyst's page at `/` (service/page.py); BentoML matches it only on the page's own routes.
+Detector.mount_asgi_app(page_app(Detector, SETTINGS), path="/")

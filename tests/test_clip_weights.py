@@ -81,3 +81,24 @@ def test_default_detector_gives_a_verdict_on_a_real_photo(weights_path):
     p = det.probabilities([Image.fromarray(data.astronaut())])
     assert p.shape == (1,) and 0.0 <= p[0] <= 1.0
     assert label_for(p[0], det.config) in ("real", "uncertain", "synthetic")
+
+
+def test_clip_alias_trains_either_head(weights_path):
+    from training.frozen import detector_config
+    from training.pretrained import build_model
+    from training.train_config import TrainConfig
+
+    for head in ("blocks", "classifier"):
+        cfg = TrainConfig(data="unused", out="unused", model="clip-vit-b16", pretrained=True, head=head)
+        det = detector_config(cfg)
+        assert det.arch == cw.ARCH and det.preprocess.mean == cw.CLIP_MEAN and det.backbone_weights
+        if head == "blocks":
+            from training.frozen import with_all_blocks
+
+            det = with_all_blocks(det)
+            assert det.blocks == tuple(range(12))
+        model = build_model(cfg.model, True, None, det)
+        with torch.inference_mode():
+            assert model(torch.zeros(1, 3, 224, 224)).shape == (1, 1)
+    with pytest.raises(ValueError, match="add --pretrained"):
+        detector_config(TrainConfig(data="u", out="u", model="clip-vit-b16"))

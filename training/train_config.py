@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.config import DetectorConfig, PreprocessConfig
+
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 DEVICES = ("auto", "cpu", "cuda")
@@ -30,13 +32,13 @@ RESUMABLE_CHANGES = frozenset({"resume", "workers", "prefetch_factor", "max_step
 class TrainConfig:
     data: str
     out: str
-    model: str = "vit_small_patch16_224"
+    model: str = DetectorConfig.arch
     # Extra timm create_model kwargs (tests use tiny ViTs: depth, embed_dim, ...).
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False
     pretrained_file: str | None = None
-    img_size: int = 224
-    crop_mode: str = "crop"
+    img_size: int = PreprocessConfig.img_size
+    crop_mode: str = PreprocessConfig.crop_mode
     epochs: int = 10
     # The global batch: under torchrun each of N processes takes batch_size / N of it.
     batch_size: int = 32
@@ -79,7 +81,7 @@ class TrainConfig:
     save_every: int | None = 200
     max_steps: int | None = None
     val_batch_size: int = 64
-    target_fpr: float = 0.05
+    target_fpr: float = DetectorConfig.target_fpr
     resume: bool = False
     progress: bool = True
 
