@@ -253,6 +253,7 @@ class Detector:
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return out
 
+
 Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)
 # The analyst's page at `/` (service/page.py); BentoML matches it only on the page's own routes.
 Detector.mount_asgi_app(page_app(Detector, SETTINGS), path="/")
