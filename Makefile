@@ -50,6 +50,7 @@ browser:
 
 test: setup browser
 	$(BIN)/ruff check .
+	PYTHONPATH=. $(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 clean-demo:

@@ -35,10 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.checkpoint import save_model_dir  # noqa: E402
 from models.config import DetectorConfig, PreprocessConfig  # noqa: E402
 from models.network import build_network  # noqa: E402
+from models.prepare import Limits  # noqa: E402
 from models.preprocess import DEFAULT_MAX_PIXELS, decode_image, eval_views  # noqa: E402
 from models.runtime import load_detector  # noqa: E402
 from service.inputs import discover_inputs  # noqa: E402
-from service.score import ScoreOptions, default_workers, prepare, score_files  # noqa: E402
+from service.score import ScoreOptions, default_workers, read_and_prepare, score_files  # noqa: E402
 
 
 def write_jpegs(folder: Path, n: int, size: int, seed: int = 0) -> None:
@@ -79,12 +80,12 @@ def model_only(detector, batches: list[torch.Tensor]) -> float:
     return sum(len(b) for b in batches) / (time.perf_counter() - start)
 
 
-def decode_only(inputs: list[str], pre, workers: int) -> float:
+def decode_only(inputs: list[str], cfg, workers: int) -> float:
     from concurrent.futures import ThreadPoolExecutor
 
     start = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda p: prepare(p, pre, DEFAULT_MAX_PIXELS), inputs))
+        list(pool.map(lambda p: read_and_prepare(p, cfg, Limits(max_pixels=DEFAULT_MAX_PIXELS)), inputs))
     return len(inputs) / (time.perf_counter() - start)
 
 
@@ -134,7 +135,7 @@ def main() -> None:
         workers = args.workers or default_workers()
         measure = {
             "model-only": lambda: model_only(detector, batches),
-            "decode-only": lambda: decode_only(inputs, pre, workers),
+            "decode-only": lambda: decode_only(inputs, detector.config, workers),
             "engine": lambda: engine(detector, inputs, work / "out.jsonl", opts),
         }
         results: dict[str, list[float]] = {name: [] for name in measure}

@@ -1,18 +1,24 @@
-"""Runtimes for exported detectors: ONNX Runtime, TorchScript and OpenVINO.
+"""Runtimes for detectors, and one `BackendSpec` per runtime that everyone else reads.
 
-Each factory has the registry's signature `(folder, cfg, device) -> Backend` and is
-registered by name in models/runtime.py (explicitly, see `runtime.BACKENDS`). A backend
-maps an N x 3 x S x S float32 batch to N logits. Factories fail at load, with a message
-saying what to do, when the artifact is missing, corrupt or built for another input size;
-`runtime.load_detector` then runs a warm-up batch so nothing fails at the first request.
+A backend maps an N x 3 x S x S float32 batch to N logits: eager PyTorch (checkpoint
+folders), ONNX Runtime (fp32/int8/fp16), TorchScript and OpenVINO (export folders).
+`SPECS` at the bottom is the single table of what each one is: the artifact it loads, the
+export option that writes it, its precision and parity bound, the devices it runs on and
+its rank for `backend="auto"`. Export (models/export.py), parity (models/parity.py),
+auto-selection and loading (models/runtime.py) all read it, so adding a runtime is one
+factory plus one row here.
 
-Heavy imports (onnxruntime, openvino) stay inside the factories so importing the
-registry is cheap.
+Factories fail at load, with a message saying what to do, when the artifact is missing,
+corrupt or built for another input size; `runtime.load_detector` then runs a warm-up batch
+so nothing fails at the first request. Heavy imports (onnxruntime, openvino) stay inside
+the factories so importing the table is cheap.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +33,8 @@ from models.metadata import (
     OUTPUT_NAME,
     TORCHSCRIPT_FILE,
 )
+
+WEIGHTS_FILE = "model.safetensors"  # models.checkpoint.WEIGHTS, without importing timm here
 
 
 def _artifact(folder: Path, filename: str, hint: str) -> Path:
@@ -48,6 +56,39 @@ def _check_spatial(shape: list, cfg: DetectorConfig, path: Path) -> None:
             f"{path} expects input {shape} but detector.json says img_size={size} (N x 3 x {size} x {size}); "
             "the model file and detector.json come from different exports: re-run `fakelens export`"
         )
+
+
+class ModuleBackend:
+    """A live PyTorch module (training's validation passes use this on the model in memory)."""
+
+    name = "eager"
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu"):
+        self.model = model
+        self.device = device
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model(batch.to(self.device, non_blocking=True))
+        finally:
+            self.model.train(was_training)
+        return out.float().reshape(-1).cpu().numpy()
+
+
+def eager_backend(folder: Path, cfg: DetectorConfig, device: str) -> ModuleBackend:
+    """The PyTorch model from a checkpoint folder (model.safetensors + detector.json)."""
+    from models.checkpoint import load_model_dir
+
+    if not (Path(folder) / WEIGHTS_FILE).is_file() and (Path(folder) / ONNX_FILE).is_file():
+        raise ValueError(
+            f"{folder} is an export folder: it holds no PyTorch weights for backend 'eager'; "
+            f"use backend 'onnx', 'openvino' or 'torchscript', or point at the training run folder"
+        )
+    model, _ = load_model_dir(folder)
+    return ModuleBackend(model.to(device), device)
 
 
 class OrtBackend:
@@ -84,19 +125,21 @@ class OrtBackend:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].reshape(-1)
 
 
+def _spec_artifact(folder: Path, name: str) -> Path:
+    spec = SPECS[name]
+    return _artifact(folder, spec.artifact, spec.how_to_get)
+
+
 def onnx_backend(folder: Path, cfg: DetectorConfig, device: str) -> OrtBackend:
-    path = _artifact(folder, ONNX_FILE, "re-run `fakelens export`")
-    return OrtBackend(path, cfg, device, "onnx")
+    return OrtBackend(_spec_artifact(folder, "onnx"), cfg, device, "onnx")
 
 
 def onnx_int8_backend(folder: Path, cfg: DetectorConfig, device: str) -> OrtBackend:
-    path = _artifact(folder, ONNX_INT8_FILE, "export with `fakelens export ... --int8`")
-    return OrtBackend(path, cfg, device, "onnx-int8")
+    return OrtBackend(_spec_artifact(folder, "onnx-int8"), cfg, device, "onnx-int8")
 
 
 def onnx_fp16_backend(folder: Path, cfg: DetectorConfig, device: str) -> OrtBackend:
-    path = _artifact(folder, ONNX_FP16_FILE, "export with `fakelens export ... --fp16`")
-    return OrtBackend(path, cfg, device, "onnx-fp16")
+    return OrtBackend(_spec_artifact(folder, "onnx-fp16"), cfg, device, "onnx-fp16")
 
 
 class TorchScriptBackend:
@@ -125,7 +168,7 @@ class TorchScriptBackend:
 
 
 def torchscript_backend(folder: Path, cfg: DetectorConfig, device: str) -> TorchScriptBackend:
-    return TorchScriptBackend(_artifact(folder, TORCHSCRIPT_FILE, "re-run `fakelens export`"), cfg, device)
+    return TorchScriptBackend(_spec_artifact(folder, "torchscript"), cfg, device)
 
 
 def cpu_has_bf16() -> bool:
@@ -166,21 +209,72 @@ class OpenVinoBackend:
 
 def openvino_backend(folder: Path, cfg: DetectorConfig, device: str) -> OpenVinoBackend:
     """bf16 on CPUs that have it (AMX: ~4x ORT fp32 on vit_small, see docs/performance-runtimes.md)."""
-    path = _artifact(folder, ONNX_FILE, "re-run `fakelens export`")
+    path = _spec_artifact(folder, "openvino")
     return OpenVinoBackend(path, cfg, device, "openvino", "bf16" if cpu_has_bf16() else "f32")
 
 
 def openvino_fp32_backend(folder: Path, cfg: DetectorConfig, device: str) -> OpenVinoBackend:
-    path = _artifact(folder, ONNX_FILE, "re-run `fakelens export`")
+    path = _spec_artifact(folder, "openvino-fp32")
     return OpenVinoBackend(path, cfg, device, "openvino-fp32", "f32")
 
 
-# Which export file each backend needs (eager needs the checkpoint's model.safetensors).
-BACKEND_FILES = {
-    "torchscript": TORCHSCRIPT_FILE,
-    "onnx": ONNX_FILE,
-    "onnx-int8": ONNX_INT8_FILE,
-    "onnx-fp16": ONNX_FP16_FILE,
-    "openvino": ONNX_FILE,
-    "openvino-fp32": ONNX_FILE,
-}
+def has_cuda_ort(device: str) -> bool:
+    import onnxruntime as ort
+
+    return device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What one runtime is. Calling the spec loads it: `spec(folder, cfg, device) -> Backend`."""
+
+    name: str
+    factory: Callable[[Path, DetectorConfig, str], object]
+    artifact: str  # the file it loads from a model or export folder
+    precision: str  # fp32 | fp16 | bf16 | int8: the arithmetic it runs (decides its parity bound)
+    devices: tuple[str, ...]  # where it can run
+    # ExportOptions field that asks `fakelens export` for the artifact; None: written by every
+    # export (onnx, torchscript) or not an export file at all (eager's checkpoint weights).
+    export_option: str | None = None
+    # Parity vs the eager model: None = fp32, logits within parity.FP32_LOGIT_RTOL; reduced
+    # precision: calibrated probability within this bound (the honest check of those is the
+    # validation AUC change the export records).
+    prob_bound: float | None = None
+    # True: a parity failure rejects the export. False: parity is only recorded, and `auto`
+    # may pick this backend only where it passed (OpenVINO bf16 depends on the CPU it runs on).
+    rejects_export: bool = True
+    # device -> rank among the candidates for backend="auto" (lower wins); absent: never auto.
+    auto_rank: Mapping[str, int] = field(default_factory=dict)
+    available: Callable[[str], bool] | None = None  # a run-time condition for `auto` (e.g. a GPU ORT)
+    how_to_get: str = "re-run `fakelens export`"  # what produces the artifact, for "file missing" errors
+
+    def __call__(self, folder: Path, cfg: DetectorConfig, device: str):
+        return self.factory(folder, cfg, device)
+
+    @property
+    def is_export(self) -> bool:
+        """Loaded from an export folder (everything but eager's checkpoint)."""
+        return self.artifact != WEIGHTS_FILE
+
+
+def _spec(name, factory, artifact, precision, devices, **kw) -> BackendSpec:
+    return BackendSpec(name, factory, artifact, precision, devices, **kw)
+
+
+# Ranks follow docs/performance-runtimes.md: CPU: OpenVINO (bf16 on AMX CPUs) when its parity
+# passed, else ORT fp32; GPU: ORT fp16 where onnxruntime-gpu is installed, else TorchScript fp16.
+SPECS: dict[str, BackendSpec] = {s.name: s for s in (
+    _spec("eager", eager_backend, WEIGHTS_FILE, "fp32", ("cpu", "cuda"), auto_rank={"cpu": 9, "cuda": 9},
+          how_to_get="point at the training run or model folder"),
+    _spec("torchscript", torchscript_backend, TORCHSCRIPT_FILE, "fp32", ("cpu", "cuda"),
+          auto_rank={"cpu": 2, "cuda": 1}),
+    _spec("onnx", onnx_backend, ONNX_FILE, "fp32", ("cpu", "cuda"), auto_rank={"cpu": 1}),
+    _spec("onnx-int8", onnx_int8_backend, ONNX_INT8_FILE, "int8", ("cpu",), export_option="int8",
+          prob_bound=5e-2, how_to_get="export with `fakelens export ... --int8`"),
+    _spec("onnx-fp16", onnx_fp16_backend, ONNX_FP16_FILE, "fp16", ("cpu", "cuda"), export_option="fp16",
+          prob_bound=1e-2, auto_rank={"cuda": 0}, available=has_cuda_ort,
+          how_to_get="export with `fakelens export ... --fp16`"),
+    _spec("openvino", openvino_backend, ONNX_FILE, "bf16", ("cpu",), prob_bound=1e-2, rejects_export=False,
+          auto_rank={"cpu": 0}),
+    _spec("openvino-fp32", openvino_fp32_backend, ONNX_FILE, "fp32", ("cpu",), rejects_export=False),
+)}

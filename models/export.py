@@ -24,13 +24,12 @@ import numpy as np
 import torch
 
 from models.atomic import replace_dir
+from models.backends import SPECS, BackendSpec
 from models.checkpoint import CONFIG, WEIGHTS, find_model_dir, load_model_dir
 from models.config import DetectorConfig
 from models.metadata import (
     INPUT_NAME,
     ONNX_FILE,
-    ONNX_FP16_FILE,
-    ONNX_INT8_FILE,
     OUTPUT_NAME,
     TORCHSCRIPT_FILE,
     build_metadata,
@@ -143,10 +142,17 @@ def export_fp16(src: Path, dst: Path) -> None:
     onnx.save(convert_float_to_float16(onnx.load(str(src)), keep_io_types=True), str(dst))
 
 
-def _backend(name: str, folder: Path, cfg: DetectorConfig):
-    from models.runtime import BACKENDS
+# Artifacts derived from model.onnx, by the BackendSpec.export_option that asks for them.
+DERIVED_EXPORTERS: dict[str, Callable[[Path, Path], None]] = {"int8": export_int8, "fp16": export_fp16}
 
-    return BACKENDS[name](folder, cfg, "cpu")
+
+def _backend(name: str, folder: Path, cfg: DetectorConfig):
+    return SPECS[name](folder, cfg, "cpu")
+
+
+def exported_specs(folder: Path) -> list[BackendSpec]:
+    """Every runtime that can load this export folder on CPU (what parity checks)."""
+    return [s for s in SPECS.values() if s.is_export and "cpu" in s.devices and (folder / s.artifact).is_file()]
 
 
 def check_parity(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, names: Sequence[str]) -> list[ParityResult]:
@@ -213,9 +219,8 @@ def _check_out(out: Path, source: Path) -> None:
 
 def _write_artifact_metadata(tmp: Path, meta: dict[str, Any], traced: torch.jit.ScriptModule) -> None:
     write_metadata(tmp, meta)
-    for name in (ONNX_FILE, ONNX_INT8_FILE, ONNX_FP16_FILE):
-        if (tmp / name).exists():
-            set_onnx_metadata(tmp / name, meta)
+    for name in sorted({s.artifact for s in exported_specs(tmp) if s.artifact.endswith(".onnx")}):
+        set_onnx_metadata(tmp / name, meta)
     with warnings.catch_warnings():
         warnings.simplefilter(QUIET)
         torch.jit.save(traced, str(tmp / TORCHSCRIPT_FILE),
@@ -249,34 +254,35 @@ def _export_into(tmp: Path, source: Path, model: torch.nn.Module, cfg: DetectorC
     started = time.time()
     exporter = export_onnx(model, cfg, tmp / ONNX_FILE, options.opset)
     traced = export_torchscript(model, cfg, tmp / TORCHSCRIPT_FILE)
-    names = ["torchscript", "onnx"]
-    if options.int8:
-        export_int8(tmp / ONNX_FILE, tmp / ONNX_INT8_FILE)
-        names.append("onnx-int8")
-    if options.fp16:
-        export_fp16(tmp / ONNX_FILE, tmp / ONNX_FP16_FILE)
-        names.append("onnx-fp16")
+    for spec in SPECS.values():
+        if spec.export_option and getattr(options, spec.export_option):
+            DERIVED_EXPORTERS[spec.export_option](tmp / ONNX_FILE, tmp / spec.artifact)
     cfg.save(tmp / CONFIG)
+    specs = exported_specs(tmp)
+    names = [s.name for s in specs if s.rejects_export]
     facts = dict(
         export_time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), opset=options.opset, exporter=exporter,
         source_checkpoint=str(source), weights_sha256=file_sha256(source / WEIGHTS),
-        torch_version=torch.__version__, files=[n for n in (ONNX_FILE, TORCHSCRIPT_FILE, ONNX_INT8_FILE,
-                                                           ONNX_FP16_FILE) if (tmp / n).exists()],
+        torch_version=torch.__version__, files=sorted({s.artifact for s in specs}),
     )
     _write_artifact_metadata(tmp, build_metadata(cfg, **facts, parity="pending"), traced)
     results = check_parity(tmp, cfg, model, names)
-    # OpenVINO reads model.onnx at load; its (bf16) result decides whether `auto` may pick it.
-    runtime_results = check_parity(tmp, cfg, model, ["openvino"])
+    # Recorded only (BackendSpec.rejects_export False): e.g. OpenVINO's bf16 result decides
+    # whether `auto` may pick it on this CPU, but does not make the export fail.
+    runtime_results = check_parity(tmp, cfg, model, [s.name for s in specs if not s.rejects_export])
     for r in results + runtime_results:
         log(r.line())
     raise_on_failure(results, "the export folder")
     trained_auc = (cfg.metrics.get("val") or {}).get("auc", cfg.metrics.get("val_auc"))
     variants = {n: {"auc_change": None, "auc_fp32": trained_auc,
                     "note": "pass --data DATA to measure this variant's validation AUC change"}
-                for n in names if n in ("onnx-int8", "onnx-fp16")}
+                for n in names if SPECS[n].prob_bound is not None}
     validation = None
     if val:
-        validation = backend_validation(tmp, cfg, model, names + ["openvino"], val)
+        # Every exported runtime that rejects a failed export, plus those `auto` may pick on a
+        # recorded result (OpenVINO): a runtime whose verdicts drift is then not offered.
+        checked = names + [s.name for s in specs if not s.rejects_export and s.auto_rank]
+        validation = backend_validation(tmp, cfg, model, checked, val)
         for name, v in validation.items():
             if name != "eager":
                 log(f"{name}: val AUC {v['auc']:.4f} vs eager {v['auc_fp32']:.4f} (change {v['auc_change']:+.4f}), "

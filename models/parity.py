@@ -1,12 +1,13 @@
 """Parity between the eager model and its exported runtimes, with documented bounds.
 
 Every export runs each produced runtime on a fixed deterministic batch and compares its
-logits with the eager PyTorch model's. Bounds (max abs difference):
+logits with the eager PyTorch model's. Bounds (max abs difference), per runtime in
+models.backends.SPECS:
 - fp32 runtimes (TorchScript, ONNX Runtime, OpenVINO f32): logits within
   1e-4 * max(1, max |eager logit|): the same maths in another kernel order.
 - reduced precision (ONNX int8 dynamic quantization, ONNX fp16, OpenVINO bf16): the
-  calibrated probability within PROB_BOUNDS[name]; int8/bf16 change the arithmetic, so the
-  honest check of those is the AUC change on validation data recorded by the export.
+  calibrated probability within `BackendSpec.prob_bound`; int8/bf16 change the arithmetic,
+  so the honest check of those is the AUC change on validation data recorded by the export.
 """
 
 from __future__ import annotations
@@ -17,11 +18,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from models.backends import SPECS
 from models.preprocess import calibrated_probability
 
 FP32_LOGIT_RTOL = 1e-4
-# Reduced-precision backends: max abs difference of calibrated probability vs eager fp32.
-PROB_BOUNDS = {"onnx-int8": 5e-2, "onnx-fp16": 1e-2, "openvino": 1e-2}
 # Batch sizes for the check: 1 and an odd size unlike the trace's, proving the batch axis is dynamic.
 PARITY_BATCHES = (1, 3)
 
@@ -69,8 +69,9 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, temperature
                                 - calibrated_probability(reference, temperature))))
     if not np.all(np.isfinite(candidate)):
         dlogit = dprob = float("inf")
-    if name in PROB_BOUNDS:
-        bound, on, value = PROB_BOUNDS[name], "prob", dprob
+    spec_bound = SPECS[name].prob_bound if name in SPECS else None
+    if spec_bound is not None:
+        bound, on, value = spec_bound, "prob", dprob
     else:
         bound = FP32_LOGIT_RTOL * max(1.0, float(np.max(np.abs(reference))))
         on, value = "logit", dlogit
@@ -79,7 +80,8 @@ def compare(name: str, reference: np.ndarray, candidate: np.ndarray, temperature
 
 def prob_bound(name: str) -> float:
     """The probability tolerance a backend is held to (fp32 ones: 1e-4)."""
-    return PROB_BOUNDS.get(name, 1e-4)
+    bound = SPECS[name].prob_bound
+    return FP32_LOGIT_RTOL if bound is None else bound
 
 
 def raise_on_failure(results: list[ParityResult], where: str) -> None:

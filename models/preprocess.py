@@ -26,7 +26,7 @@ DEFAULT_MAX_PIXELS = 40_000_000
 class ImageError(ValueError):
     """An input that cannot be scored. `kind` is one of KINDS; the message says what to do."""
 
-    KINDS = ("empty", "not_image", "unsupported_format", "truncated", "too_many_pixels")
+    KINDS = ("empty", "too_large", "not_image", "unsupported_format", "truncated", "too_many_pixels")
 
     def __init__(self, kind: str, message: str):
         assert kind in self.KINDS, kind

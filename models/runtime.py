@@ -11,7 +11,7 @@ and threshold are applied here, identically for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import backends as _backends
+from models.backends import SPECS, BackendSpec, ModuleBackend  # noqa: F401  (ModuleBackend re-exported)
 from models.config import DetectorConfig
 from models.preprocess import average_views, calibrated_probability, eval_views
 
@@ -34,16 +34,8 @@ class Backend(Protocol):
         ...
 
 
-# name -> factory(model_source: Path, cfg: DetectorConfig, device: str) -> Backend
-BACKENDS: dict[str, Callable[[Path, DetectorConfig, str], Backend]] = {}
-
-
-def register_backend(name: str):
-    def deco(factory):
-        BACKENDS[name] = factory
-        return factory
-
-    return deco
+# name -> BackendSpec; calling one loads it: BACKENDS[name](folder, cfg, device) -> Backend
+BACKENDS: dict[str, BackendSpec] = {}
 
 
 def resolve_device(device: str) -> str:
@@ -101,47 +93,14 @@ class Detector:
         }
 
 
-class ModuleBackend:
-    """A live PyTorch module (training's validation passes use this on the model in memory)."""
-
-    name = "eager"
-
-    def __init__(self, model: torch.nn.Module, device: str = "cpu"):
-        self.model = model
-        self.device = device
-
-    @torch.inference_mode()
-    def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            out = self.model(batch.to(self.device, non_blocking=True))
-        finally:
-            self.model.train(was_training)
-        return out.float().reshape(-1).cpu().numpy()
+def register_backend(spec: BackendSpec) -> BackendSpec:
+    """Add a runtime (one row of models.backends.SPECS) to the registry."""
+    BACKENDS[spec.name] = spec
+    return spec
 
 
-@register_backend("eager")
-def eager_backend(source: Path, cfg: DetectorConfig, device: str) -> ModuleBackend:
-    """The PyTorch model from a checkpoint folder (model.safetensors + detector.json)."""
-    from models.checkpoint import WEIGHTS, load_model_dir
-
-    if not (Path(source) / WEIGHTS).is_file() and (Path(source) / "model.onnx").is_file():
-        raise ValueError(
-            f"{source} is an export folder: it holds no PyTorch weights for backend 'eager'; "
-            f"use backend 'onnx', 'openvino' or 'torchscript', or point at the training run folder"
-        )
-    model, _ = load_model_dir(source)
-    return ModuleBackend(model.to(device), device)
-
-
-# Exported runtimes (models/backends.py), registered by name here rather than on import.
-register_backend("torchscript")(_backends.torchscript_backend)
-register_backend("onnx")(_backends.onnx_backend)
-register_backend("onnx-int8")(_backends.onnx_int8_backend)
-register_backend("onnx-fp16")(_backends.onnx_fp16_backend)
-register_backend("openvino")(_backends.openvino_backend)
-register_backend("openvino-fp32")(_backends.openvino_fp32_backend)
+for _spec in SPECS.values():  # the project's runtimes, registered explicitly (not on import of backends)
+    register_backend(_spec)
 
 
 def is_store_tag(source: str | Path) -> bool:
@@ -170,28 +129,32 @@ def locate(source: str | Path) -> tuple[Path, DetectorConfig]:
 
 
 def default_backend(folder: Path, device: str) -> str:
-    """The fastest backend that passed parity for this model (docs/performance-runtimes.md).
+    """The best-ranked backend (BackendSpec.auto_rank) whose artifact `folder` holds and that can run here.
 
-    CPU: OpenVINO (bf16 on AMX CPUs) when the export's parity check recorded it within its
-    bound, else ONNX Runtime fp32. GPU: ORT fp16 when exported and onnxruntime-gpu is
-    present, else TorchScript fp16. A checkpoint folder without an export runs eagerly.
+    A spec that does not reject exports on a parity failure (OpenVINO, whose bf16 depends on
+    the CPU) is picked only where the export recorded its parity as passed; any runtime the
+    export's validation (`--data`) marked as not offered (FPR drift at the threshold) is skipped.
     """
-    from models.metadata import ONNX_FILE, ONNX_FP16_FILE, read_metadata
+    from models.metadata import read_metadata
 
-    if not (folder / ONNX_FILE).is_file():
-        return "torchscript" if (device == "cuda" and (folder / _backends.TORCHSCRIPT_FILE).is_file()) else "eager"
-    if device == "cuda":
-        import onnxruntime as ort
-
-        has_cuda_ort = "CUDAExecutionProvider" in ort.get_available_providers()
-        return "onnx-fp16" if has_cuda_ort and (folder / ONNX_FP16_FILE).is_file() else "torchscript"
-    meta = read_metadata(folder)
-    parity = meta.get("parity", {})
-    openvino_ok = isinstance(parity, dict) and parity.get("openvino", {}).get("passed") is True
-    # Measured on validation images at export (--data): a runtime whose verdicts drift is not offered.
-    validation = meta.get("validation") or {}
-    openvino_ok = openvino_ok and validation.get("openvino", {}).get("offered", True)
-    return "openvino" if openvino_ok else "onnx"
+    ranked = sorted((s for s in BACKENDS.values() if device in s.auto_rank), key=lambda s: s.auto_rank[device])
+    meta = None
+    for spec in ranked:
+        if not (folder / spec.artifact).is_file() or (spec.available and not spec.available(device)):
+            continue
+        if spec.is_export:
+            meta = read_metadata(folder) if meta is None else meta
+            # Measured on validation images at export (--data): a runtime whose verdicts drift is not offered.
+            if ((meta.get("validation") or {}).get(spec.name) or {}).get("offered", True) is not True:
+                continue
+            parity = meta.get("parity") if isinstance(meta.get("parity"), dict) else {}
+            if not spec.rejects_export and (parity.get(spec.name) or {}).get("passed") is not True:
+                continue
+        return spec.name
+    raise FileNotFoundError(
+        f"{folder} holds no file any backend can load on {device} "
+        f"({', '.join(sorted({s.artifact for s in ranked}))}); re-run `fakelens export` or point at a run folder"
+    )
 
 
 def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
@@ -223,6 +186,10 @@ def load_detector(source: str | Path | None = "default", backend: str = "auto", 
     name = default_backend(folder, device) if backend == "auto" else backend
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)} or 'auto'")
-    loaded = BACKENDS[name](folder, cfg, device)
+    spec = BACKENDS[name]
+    if device not in spec.devices:
+        raise ValueError(f"backend {name!r} runs on {', '.join(spec.devices)}, not {device}; "
+                         f"choose another backend or device")
+    loaded = spec(folder, cfg, device)
     warm_up(loaded, cfg, folder)
     return Detector(config=cfg, backend=loaded, source=str(folder))

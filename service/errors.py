@@ -48,6 +48,24 @@ class Unauthorized(ServiceError):
         return {"WWW-Authenticate": "Bearer"}
 
 
+class NotFound(ServiceError):
+    error_code = HTTPStatus.NOT_FOUND
+    kind = "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    error_code = HTTPStatus.METHOD_NOT_ALLOWED
+    kind = "method_not_allowed"
+
+
+class RequestTimeout(ServiceError):
+    error_code = HTTPStatus.REQUEST_TIMEOUT
+    kind = "body_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body is never read
+
+
 class PayloadTooLarge(ServiceError):
     error_code = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
     kind = "too_large"
@@ -72,9 +90,27 @@ class Overloaded(ServiceError):
         return {"Retry-After": str(self.retry_after_s)}
 
 
+class GatewayTimeout(ServiceError):
+    error_code = HTTPStatus.GATEWAY_TIMEOUT
+    kind = "timeout"
+
+
+class InternalError(ServiceError):
+    error_code = HTTPStatus.INTERNAL_SERVER_ERROR
+    kind = "internal"
+
+
+# Every status the service answers with, for the OpenAPI document and the format net in the guard.
+ERRORS_BY_STATUS: dict[int, type[ServiceError]] = {
+    int(c.error_code): c for c in (BadRequest, Unauthorized, NotFound, MethodNotAllowed, RequestTimeout,
+                                   PayloadTooLarge, UnsupportedMediaType, Unprocessable, InternalError,
+                                   Overloaded, GatewayTimeout)
+}
+
 # ImageError.kind -> the error class answered for it.
 IMAGE_ERRORS: dict[str, type[ServiceError]] = {
     "empty": BadRequest,
+    "too_large": PayloadTooLarge,
     "not_image": UnsupportedMediaType,
     "unsupported_format": UnsupportedMediaType,
     "truncated": Unprocessable,

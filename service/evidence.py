@@ -21,6 +21,7 @@ from PIL import Image
 from models.config import DetectorConfig
 from models.explain import Heat, cell_size, occluded_views, overlay, relevance_map
 from models.faces import FacePlan, plan_faces, summarize
+from models.prepare import Limits
 from models.preprocess import ImageFacts, eval_views
 from models.provenance import read_provenance
 from models.verdict import decide
@@ -45,8 +46,8 @@ class FaceItem:
     provenance: dict
 
 
-def plan_face_mode(data: bytes, cfg: DetectorConfig, max_bytes: int, max_pixels: int) -> FaceItem:
-    rgb, facts = decode_upload(data, max_bytes, max_pixels)
+def plan_face_mode(data: bytes, cfg: DetectorConfig, limits: Limits) -> FaceItem:
+    rgb, facts = decode_upload(data, limits)
     return FaceItem(plan_faces(rgb, cfg.preprocess), facts, read_provenance(data))
 
 
@@ -68,12 +69,12 @@ class ExplainItem:
     grid: int
 
 
-def plan_explain(data: bytes, cfg: DetectorConfig, max_bytes: int, max_pixels: int, grid: int) -> ExplainItem:
+def plan_explain(data: bytes, cfg: DetectorConfig, limits: Limits, grid: int) -> ExplainItem:
     try:
         cell_size(cfg.preprocess, grid)
     except ValueError as e:
         raise BadRequest(str(e), kind="bad_option") from None
-    rgb, facts = decode_upload(data, max_bytes, max_pixels)
+    rgb, facts = decode_upload(data, limits)
     views = eval_views(rgb, cfg.preprocess)
     return ExplainItem(rgb, facts, read_provenance(data), views, occluded_views(views, grid), grid)
 

@@ -16,8 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-NO_BYTE_LIMIT = 1 << 62  # a local file is as large as it is; pixels and video limits still apply
-
 
 def _model_default() -> str:
     from service.settings import ServeSettings
@@ -64,10 +62,10 @@ def _local(detector) -> dict:
 
 def inspect_file(path: str, detector, faces: bool = False, sampling=None, aggregate: str = "mean") -> dict:
     """The /detect (or /detect_video) answer for one local file."""
-    from models.preprocess import DEFAULT_MAX_PIXELS
+    from models.prepare import Limits
     from models.video import Sampling, VideoLimits, is_video_path
     from service import evidence
-    from service.verdict import prepare, verdict
+    from service.verdict import prepare_upload, verdict
 
     cfg = detector.config
     data = Path(path).read_bytes()
@@ -76,10 +74,10 @@ def inspect_file(path: str, detector, faces: bool = False, sampling=None, aggreg
         probs = detector.probabilities_from_views(item.views)
         return evidence.answer_video(item, probs, cfg, _local(detector), aggregate, faces)
     if faces:
-        item = evidence.plan_face_mode(data, cfg, NO_BYTE_LIMIT, DEFAULT_MAX_PIXELS)
+        item = evidence.plan_face_mode(data, cfg, Limits())
         return evidence.answer_face_mode(item, detector.probabilities_from_views(item.plan.views), cfg,
                                          _local(detector))
-    item = prepare(data, cfg, NO_BYTE_LIMIT, DEFAULT_MAX_PIXELS)
+    item = prepare_upload(data, cfg, Limits())  # a local file is as large as it is; pixels are still limited
     [score] = detector.probabilities_from_views([item.views])
     return verdict(score, item.facts, cfg, _local(detector), item.provenance)
 
@@ -90,11 +88,11 @@ def explain_file(path: str, detector, grid: int) -> tuple[dict, object]:
     import torch
 
     from models.explain import overlay
-    from models.preprocess import DEFAULT_MAX_PIXELS
+    from models.prepare import Limits
     from service import evidence
 
     cfg = detector.config
-    item = evidence.plan_explain(Path(path).read_bytes(), cfg, NO_BYTE_LIMIT, DEFAULT_MAX_PIXELS, grid)
+    item = evidence.plan_explain(Path(path).read_bytes(), cfg, Limits(), grid)
     base = detector.view_logits(torch.from_numpy(item.views))
     occluded = np.concatenate([detector.view_logits(torch.from_numpy(item.occluded[i : i + 32]))
                                for i in range(0, len(item.occluded), 32)])

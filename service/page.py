@@ -45,6 +45,11 @@ def api_routes(service) -> dict[str, list[str]]:
     return out
 
 
+def page_paths() -> list[str]:
+    """Every path the page answers (a fixed set, so the metrics may label each of them)."""
+    return ["/", f"{ASSETS}/config.json", *(f"{ASSETS}/{p.name}" for p in STATIC.iterdir() if p.is_file())]
+
+
 def page_app(service, settings) -> Starlette:
     """The Starlette app mounted at `/` of `service` (BentoML matches it only on its own routes)."""
     config = None

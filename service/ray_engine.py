@@ -24,7 +24,16 @@ from pathlib import Path
 
 import numpy as np
 
-from service.score import ScoreOptions, Summary, prepare, score_prepared
+from models.prepare import Limits
+from service.score import (
+    Evidence,
+    ScoreOptions,
+    Summary,
+    already_complete,
+    job_header,
+    read_and_prepare,
+    score_prepared,
+)
 from service.writers import COLUMNS, arrow_schema, output_format, state_dir, write_table
 
 INDEX = "_index"
@@ -33,24 +42,24 @@ INDEX = "_index"
 class ScoreActor:
     """One Ray actor: a detector loaded once, scoring batches of paths."""
 
-    def __init__(self, model: str, backend: str, device: str, max_pixels: int, evidence: dict | None = None):
+    def __init__(self, model: str, backend: str, device: str, max_pixels: int, evidence: Evidence = Evidence(),
+                 aggregate: str = "mean"):
         from models.runtime import load_detector
 
         self.detector = load_detector(model, backend, device)
-        self.max_pixels = max_pixels
-        # face mode, video sampling and aggregate (service.score.ScoreOptions); heatmaps are local-engine only
-        self.evidence = evidence or {}
+        self.limits = Limits(max_pixels=max_pixels)
+        self.evidence, self.aggregate = evidence, aggregate  # face mode and video sampling (heatmaps: local only)
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
         import torch
 
-        pre = self.detector.config.preprocess
+        cfg = self.detector.config
         with torch.inference_mode():
-            ev = self.evidence
-            items = [prepare(str(p), pre, self.max_pixels, ev.get("faces", False), ev.get("sampling"),
-                             ev.get("video_limits")) for p in batch["path"]]
-            rows = score_prepared(self.detector, items, ev.get("aggregate", "mean"))
+            rows = score_prepared(
+                self.detector, [read_and_prepare(str(p), cfg, self.limits, self.evidence) for p in batch["path"]],
+                self.aggregate,
+            )
         table = pa.Table.from_pylist(rows, schema=arrow_schema())
         return table.append_column(INDEX, pa.array(np.asarray(batch[INDEX], dtype=np.int64)))
 
@@ -112,6 +121,13 @@ def score_files_ray(
     start = time.perf_counter()
     out = Path(out)
     output_format(out)
+    if out.exists() and not state_dir(out).exists() and not opts.overwrite:
+        from models.runtime import locate
+
+        cfg = locate(opts.model)[1]
+        done = already_complete(out, job_header(cfg, inputs, out, opts.only_synthetic), inputs, opts)
+        if done is not None:
+            return done
     if (out.exists() or state_dir(out).exists()) and not opts.overwrite:
         raise ValueError(
             f"{out} already exists (or holds an interrupted local job); pass --overwrite or choose another -o"
@@ -126,8 +142,7 @@ def score_files_ray(
             ScoreActor,
             fn_constructor_kwargs=dict(
                 model=opts.model, backend=opts.backend, device=opts.device, max_pixels=opts.max_pixels,
-                evidence=dict(faces=opts.faces, sampling=opts.sampling, video_limits=opts.video_limits,
-                              aggregate=opts.aggregate),
+                evidence=Evidence.of(opts), aggregate=opts.aggregate,
             ),
             batch_size=opts.batch_size,
             batch_format="numpy",

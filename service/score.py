@@ -2,8 +2,8 @@
 
     fakelens score photos/ more.csv -o scores.jsonl --model /tmp/export --batch-size 32 --workers 4
 
-Worker threads read, decode (`models.preprocess.decode_image`) and build each image's
-views (`eval_views`) while the main thread runs the model on the previous batch: both
+Worker threads read each input and run `models.prepare.prepare` on it (the same
+decode-and-cut as the HTTP service) while the main thread runs the model on the previous batch: both
 Pillow's decoders and the model call (ONNX Runtime / torch) release the GIL, so they
 overlap. At most `prefetch` batches are decoded ahead, which bounds memory. Rows come
 out in input order and each batch is committed through `service.writers`, so a killed
@@ -25,13 +25,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from models.config import DetectorConfig
 from models.faces import FacePlan, plan_faces, summarize
-from models.preprocess import (
-    DEFAULT_MAX_PIXELS,
-    ImageError,
-    decode_image,
-    eval_views,
-)
+from models.prepare import Limits, decode, prepare
+from models.preprocess import DEFAULT_MAX_PIXELS, ImageError, eval_views
 from models.provenance import read_provenance
 from models.verdict import decide
 from models.video import (
@@ -45,7 +42,15 @@ from models.video import (
     summarize_video,
 )
 from service.inputs import fingerprint, read_bytes
-from service.writers import JobHeader, JobState, Progress, open_sink, output_format
+from service.writers import (
+    JobHeader,
+    JobState,
+    Progress,
+    finished_output,
+    open_sink,
+    output_format,
+    state_dir,
+)
 
 
 def default_workers() -> int:
@@ -90,8 +95,12 @@ class Summary:
     errors: int
     resumed_from: int
     wall_s: float
+    already_complete: bool = False  # OUT was this job's finished output: nothing was rerun
 
     def line(self) -> str:
+        if self.already_complete:
+            return (f"already complete: {self.total} inputs, {self.scored} scored, {self.flagged} flagged synthetic, "
+                    f"{self.errors} errors; nothing was rerun")
         resumed = f" (resumed after {self.resumed_from} done before)" if self.resumed_from else ""
         rate = (self.total - self.resumed_from) / self.wall_s if self.wall_s > 0 else 0.0
         return (
@@ -105,7 +114,7 @@ class Prepared:
     """One input after decoding: its views, or the reason it cannot be scored.
 
     Plain images carry `views`; face mode and videos carry `plans` (one views array per
-    face or frame) and, for videos, the sampled frames, all scored in the same batch."""
+    face or frame) and, for videos, the sampled frames; all are scored in the same batch."""
 
     path: str
     views: np.ndarray | None
@@ -124,31 +133,57 @@ class Prepared:
         return [v for p in self.plans or [] for v in p.views]
 
 
-def prepare(path: str, pre, max_pixels: int, faces: bool = False, sampling: Sampling | None = None,
-            video_limits: VideoLimits | None = None, keep_image: bool = False) -> Prepared:
+@dataclass(frozen=True)
+class Evidence:
+    """What to compute beside the plain score (ScoreOptions' evidence fields, for the decode workers)."""
+
+    faces: bool = False
+    sampling: Sampling = Sampling()
+    video_limits: VideoLimits = VideoLimits()
+    keep_image: bool = False
+
+    @classmethod
+    def of(cls, opts: ScoreOptions) -> Evidence:
+        return cls(opts.faces, opts.sampling, opts.video_limits, opts.heatmaps is not None)
+
+
+def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits, evidence: Evidence = Evidence()) -> Prepared:
+    """Read one input and run models.prepare on it; a bad input becomes a row error, not an exception."""
     try:
         data = read_bytes(path)
     except OSError as e:
         return Prepared(
             path, None, error=f"unreadable: {e.strerror or e}; check the path and its permissions"
         )
-    provenance = read_provenance(data)
     if is_video_path(path):
-        try:
-            facts, frames = sample_frames(data, sampling or Sampling(), video_limits or VideoLimits())
-        except VideoError as e:
-            return Prepared(path, None, error=f"{e.kind}: {e}", provenance=provenance)
-        return Prepared(path, None, facts.width, facts.height, provenance=provenance,
-                        plans=frame_plans(frames, pre, faces), video=(facts, frames), faces=faces)
+        return _prepare_video(path, data, cfg, evidence)
     try:
-        img, facts = decode_image(data, max_pixels)
+        if evidence.faces or evidence.keep_image:
+            img, facts = decode(data, limits)
+            provenance = read_provenance(data)
+        else:
+            item = prepare(data, cfg, limits)
+            return Prepared(path, item.views, item.facts.width, item.facts.height, provenance=item.provenance)
     except ImageError as e:
+        # An undecodable image can still declare itself generated; the row then says so.
+        return Prepared(path, None, error=f"{e.kind}: {e}", provenance=read_provenance(data))
+    kept = img if evidence.keep_image else None
+    if evidence.faces:
+        return Prepared(path, None, facts.width, facts.height, provenance=provenance,
+                        plans=[plan_faces(img, cfg.preprocess)], faces=True, image=kept)
+    return Prepared(path, eval_views(img, cfg.preprocess), facts.width, facts.height, provenance=provenance,
+                    image=kept)
+
+
+def _prepare_video(path: str, data: bytes, cfg: DetectorConfig, evidence: Evidence) -> Prepared:
+    provenance = read_provenance(data)
+    try:
+        facts, frames = sample_frames(data, evidence.sampling, evidence.video_limits)
+    except VideoError as e:
         return Prepared(path, None, error=f"{e.kind}: {e}", provenance=provenance)
-    kept = img if keep_image else None
-    if faces:
-        return Prepared(path, None, facts.width, facts.height, provenance=provenance, plans=[plan_faces(img, pre)],
-                        faces=True, image=kept)
-    return Prepared(path, eval_views(img, pre), facts.width, facts.height, provenance=provenance, image=kept)
+    return Prepared(path, None, facts.width, facts.height, provenance=provenance,
+                    plans=frame_plans(frames, cfg.preprocess, evidence.faces), video=(facts, frames),
+                    faces=evidence.faces)
 
 
 def _scored(it: Prepared, probs: np.ndarray, cfg, aggregate: str) -> tuple[float, dict | None]:
@@ -248,7 +283,7 @@ def _progress_bar(total: int, initial: int, enabled: bool):
 
 
 def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobState, sink, bar) -> None:
-    pre = detector.config.preprocess
+    cfg, limits, evidence = detector.config, Limits(max_pixels=opts.max_pixels), Evidence.of(opts)
     batches = _chunks(todo, opts.batch_size)
     with ThreadPoolExecutor(opts.workers or default_workers(), thread_name_prefix="decode") as pool:
         pending: deque[list[Future]] = deque()
@@ -256,8 +291,7 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
         def submit_next() -> None:
             chunk = next(batches, None)
             if chunk is not None:
-                pending.append([pool.submit(prepare, p, pre, opts.max_pixels, opts.faces, opts.sampling,
-                                            opts.video_limits, opts.heatmaps is not None) for p in chunk])
+                pending.append([pool.submit(read_and_prepare, p, cfg, limits, evidence) for p in chunk])
 
         try:
             for _ in range(opts.prefetch + 1):
@@ -278,6 +312,16 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
                     f.cancel()
 
 
+def already_complete(out: Path, header: JobHeader, inputs: Sequence[str], opts: ScoreOptions) -> Summary | None:
+    """The Summary of a finished run of this same job at OUT (so a rerun succeeds), else None."""
+    if opts.overwrite or not out.exists() or state_dir(out).exists():
+        return None
+    p = finished_output(out, header, list(inputs))
+    if p is None:
+        return None
+    return Summary(len(inputs), p.scored, p.flagged, p.errors, len(inputs), 0.0, already_complete=True)
+
+
 def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, detector=None) -> Summary:
     """Score `inputs` into OUT with the local engine, resuming an interrupted run of the same job.
 
@@ -293,7 +337,11 @@ def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, dete
         from models.explain import cell_size
 
         cell_size(detector.config.preprocess, opts.heat_grid)  # a bad --heat-grid fails before any work
-    state = JobState(out, job_header(detector.config, inputs, out, opts.only_synthetic), opts.overwrite)
+    header = job_header(detector.config, inputs, out, opts.only_synthetic)
+    done = already_complete(out, header, inputs, opts)
+    if done is not None:
+        return done
+    state = JobState(out, header, opts.overwrite)
     resumed_from = state.progress.done
     try:
         sink = open_sink(out, state.progress.position)

@@ -5,11 +5,14 @@
 
 Rows carry the file's provenance and the reason for the label ("declared" when its own
 metadata declares generative AI); `--faces` scores face crops (max over faces); video
-files (.mp4, .mov, .webm, ...) are scored on sampled frames with a timeline in `detail`.
+files (.mp4, .mov, .webm, ...) are scored on sampled frames with a timeline in `detail`;
+`--heatmaps DIR` writes an occlusion heatmap per image (docs/evidence.md).
 
-Exit status: 0 when the job finished (undecodable images get rows with an `error`),
-2 for a bad command (missing input, unknown model, resume refused), 130 when
-interrupted (rerun the same command to resume).
+Exit status: 0 when the job finished (undecodable images get rows with an `error`), also
+when OUT already holds this same job's finished output ("already complete": nothing is
+rerun, so a retry wrapper succeeds); 2 for a bad command (missing input, unknown model,
+resume refused); 3 when the disk is full (free space and rerun the same command: it
+resumes where it stopped); 130 when interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -98,5 +101,5 @@ def run(args: argparse.Namespace) -> int:
             f"fakelens score: interrupted; rerun the same command to resume into {args.out}", file=sys.stderr
         )
         return 130
-    print(f"fakelens score: {summary.line()} -> {args.out}", file=sys.stderr)
+    print(f"fakelens score: {summary.line()} -> {args.out}", file=sys.stderr)  # exit 0 for "already complete" too
     return 0

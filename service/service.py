@@ -33,11 +33,14 @@ from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence
 from service.errors import BadRequest, Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
-from service.page import page_app
+from service.metrics_labels import bound_endpoint_labels
+from service.page import page_app, page_paths
+from service.routes import OPEN_PATHS, SYSTEM_PATHS, api_routes
 from service.settings import ServeSettings
-from service.verdict import Prepared, item_error, prepare, verdict
+from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
 SETTINGS = ServeSettings.from_env()
+LIMITS = Limits(max_bytes=SETTINGS.max_bytes, max_pixels=SETTINGS.max_pixels)
 LINK_RETRIES = 3
 GPU = torch.cuda.is_available() and SETTINGS.device != "cpu"
 
@@ -102,7 +105,9 @@ class DetectorModel:
 @bentoml.service(
     name="fakelens",
     workers=SETTINGS.workers,
-    traffic={"timeout": SETTINGS.timeout_s},
+    # The guard answers its own 504 at timeout_s, in the service's format; BentoML's
+    # timeout (another body shape) is only the backstop.
+    traffic={"timeout": SETTINGS.timeout_s + 5},
 )
 class Detector:
     model = bentoml.depends(DetectorModel)
@@ -134,7 +139,7 @@ class Detector:
     async def prepared(self, path: Path) -> Prepared:
         cfg = await self.described()
         data = await anyio.Path(path).read_bytes()
-        return await anyio.to_thread.run_sync(prepare, data, cfg, SETTINGS.max_bytes, SETTINGS.max_pixels)
+        return await anyio.to_thread.run_sync(prepare_upload, data, cfg, LIMITS)
 
     async def scores(self, items: list[Prepared]) -> list[float]:
         if not items:
@@ -207,7 +212,7 @@ class Detector:
     async def detect_faces(self, image: Path) -> dict:
         start = time.perf_counter()
         try:
-            cfg, item = await self.upload(image, evidence.plan_face_mode, SETTINGS.max_bytes, SETTINGS.max_pixels)
+            cfg, item = await self.upload(image, evidence.plan_face_mode, LIMITS)
             probs = await self.score_views(item.plan.views)
         except ServiceError as err:
             return error_response(err)
@@ -220,8 +225,7 @@ class Detector:
         """Where the evidence is: per-cell occlusion relevance (`heatmap`) and a base64 overlay PNG."""
         start = time.perf_counter()
         try:
-            cfg, item = await self.upload(image, evidence.plan_explain, SETTINGS.max_bytes, SETTINGS.max_pixels,
-                                          grid)
+            cfg, item = await self.upload(image, evidence.plan_explain, LIMITS, grid)
             views = np.concatenate([item.views, item.occluded])
             size = SETTINGS.max_batch_size
             parts = await asyncio.gather(*(self.model.to_async.view_logits(views[i : i + size])
@@ -254,6 +258,11 @@ class Detector:
         return out
 
 
-Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS)
+ROUTES = api_routes(Detector)
+Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS, routes=ROUTES)
 # The analyst's page at `/` (service/page.py); BentoML matches it only on the page's own routes.
 Detector.mount_asgi_app(page_app(Detector, SETTINGS), path="/")
+# Both services' own routes and the page's files keep their labels (this module is imported
+# by the model's worker too); any other path is counted as "/other".
+bound_endpoint_labels({*ROUTES, *OPEN_PATHS, *SYSTEM_PATHS, *page_paths(),
+                       *(api.route for api in DetectorModel.apis.values())})

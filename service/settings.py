@@ -9,8 +9,12 @@ Defaults were chosen by measurement on a 2-core CPU (docs/performance-serving.md
   (503) any request it predicts will finish later than this. 50 ms turned 326 of 400
   requests into 503s at 16 clients; 10 s lets overload queue instead, and the in-flight
   limit below bounds that queue.
-- max_inflight caps concurrent /detect + /detect_batch requests per front worker; the
-  next one gets 503 with Retry-After instead of waiting unboundedly.
+- max_inflight caps concurrent /detect + /detect_batch requests being scored per front
+  worker (a request takes its slot only once its body has arrived); the next one gets 503
+  with Retry-After instead of waiting unboundedly.
+- max_inflight_bytes caps the upload bytes a front worker holds for requests in progress
+  (bodies are spooled to disk past 1 MiB each, but they are still read into memory to be
+  decoded); body_timeout_s is how long a whole request body may take to arrive (then 408).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class ServeSettings:
     max_bytes: int = 20 * MB  # per uploaded image
     max_request_bytes: int = 64 * MB  # whole /detect_batch body
     max_batch_items: int = 32  # images per /detect_batch request
+    max_inflight_bytes: int = 256 * MB  # upload bytes held per front worker; beyond it: 503
+    body_timeout_s: int = 30  # the whole body must arrive within this, else 408
     api_keys: tuple[str, ...] = ()
     # /detect_video (models/video.py): upload bytes, clip duration, sampled frames per request
     max_video_bytes: int = 200 * MB
@@ -48,10 +54,25 @@ class ServeSettings:
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_latency_ms", "max_inflight", "timeout_s", "workers",
-                     "max_pixels", "max_bytes", "max_request_bytes", "max_batch_items",
-                     "max_video_bytes", "max_video_seconds", "max_video_frames"):
+                     "max_pixels", "max_bytes", "max_request_bytes", "max_batch_items", "max_inflight_bytes",
+                     "body_timeout_s", "max_video_bytes", "max_video_seconds", "max_video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be >= 1")
+        if self.body_timeout_s >= self.timeout_s:
+            raise ValueError(
+                f"{ENV_PREFIX}BODY_TIMEOUT_S={self.body_timeout_s} must be below {ENV_PREFIX}TIMEOUT_S="
+                f"{self.timeout_s}: the body has to arrive before the whole request times out"
+            )
+        if self.max_inflight_bytes < self.max_request_bytes:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_INFLIGHT_BYTES={self.max_inflight_bytes} is below {ENV_PREFIX}MAX_REQUEST_BYTES="
+                f"{self.max_request_bytes}: no full-size request could ever be admitted"
+            )
+        if self.max_inflight_bytes < self.max_video_bytes:
+            raise ValueError(
+                f"{ENV_PREFIX}MAX_INFLIGHT_BYTES={self.max_inflight_bytes} is below {ENV_PREFIX}MAX_VIDEO_BYTES="
+                f"{self.max_video_bytes}: no full-size video could ever be admitted"
+            )
         if self.batching and self.max_batch_size < 2:
             raise ValueError(
                 f"{ENV_PREFIX}MAX_BATCH_SIZE={self.max_batch_size}: adaptive batching needs >= 2; "

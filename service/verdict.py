@@ -1,46 +1,37 @@
 """Turn one image's decode facts and calibrated probability into the JSON the API answers.
 
-Also holds `prepare`, the per-upload work done before batching (size check, decode,
-the detector's own eval views), so /detect and /detect_batch share it.
+Also holds `prepare_upload`: models.prepare.prepare (the one decode-and-cut path, shared
+with `fakelens score`) with bad input mapped to the HTTP error for it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-
 from models.config import DetectorConfig
-from models.preprocess import ImageError, ImageFacts, decode_image, eval_views
-from models.provenance import read_provenance
+from models.prepare import Limits, Prepared, decode, prepare
+from models.preprocess import ImageError, ImageFacts
 from models.verdict import decide, describe
-from service.errors import PayloadTooLarge, ServiceError, from_image_error
+from service.errors import ServiceError, from_image_error
 
 
-@dataclass(frozen=True)
-class Prepared:
-    views: np.ndarray  # V x 3 x S x S float32, what the batched model method takes
-    facts: ImageFacts
-    provenance: dict | None = None  # models/provenance.py: C2PA, XMP, EXIF, generator text chunks
-
-
-def decode_upload(data: bytes, max_bytes: int, max_pixels: int):
-    """Size-check and decode one uploaded image -> (RGB image, facts); raises ServiceError for bad input."""
-    if len(data) > max_bytes:
-        raise PayloadTooLarge(
-            f"the image is {len(data):,} bytes, above the limit of {max_bytes:,}; "
-            "send a smaller file (or raise FAKELENS_MAX_BYTES)"
-        )
+def _service_errors(fn, *args):
+    """Call fn with bad input (ImageError) turned into the ServiceError (HTTP status) for it."""
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return fn(*args)
     except ImageError as e:
-        raise from_image_error(e) from None
+        err = from_image_error(e)
+        if e.kind == "too_large":
+            err = type(err)(f"{err.message} (or raise FAKELENS_MAX_BYTES)", kind=e.kind)
+        raise err from None
 
 
-def prepare(data: bytes, cfg: DetectorConfig, max_bytes: int, max_pixels: int) -> Prepared:
-    """Decode one upload and cut the model's views; raises ServiceError for bad input."""
-    rgb, facts = decode_upload(data, max_bytes, max_pixels)
-    return Prepared(views=eval_views(rgb, cfg.preprocess), facts=facts, provenance=read_provenance(data))
+def prepare_upload(data: bytes, cfg: DetectorConfig, limits: Limits) -> Prepared:
+    """models.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it."""
+    return _service_errors(prepare, data, cfg, limits)
+
+
+def decode_upload(data: bytes, limits: Limits):
+    """models.prepare.decode (size check + decode -> RGB image, facts) with ServiceErrors."""
+    return _service_errors(decode, data, limits)
 
 
 def image_facts(facts: ImageFacts) -> dict:

@@ -264,6 +264,32 @@ def _mismatch(saved: JobHeader, new: JobHeader) -> str:
     return "; ".join(diffs)
 
 
+def finished_output(out: Path, header: JobHeader, inputs: list[str] | tuple[str, ...]) -> Progress | None:
+    """OUT's totals when it is the finished output of exactly this job, else None.
+
+    A job removes its `OUT.partial/` state only after OUT is complete, so an OUT without state
+    whose rows all come from this model, one per input in input order (only flagged rows
+    with --only-synthetic), is this job done before; e.g. killed after its last commit, or a
+    retry wrapper running it again. Anything else (another file, other rows) returns None.
+    """
+    try:
+        rows = read_rows(out)
+    except Exception:  # not one of our formats, or torn: not a finished output of ours
+        return None
+    where = {p: i for i, p in enumerate(inputs)}
+    order = [where.get(r.get("path")) for r in rows]
+    if None in order or any(b <= a for a, b in zip(order, order[1:], strict=False)):
+        return None
+    if any((r.get("model"), r.get("model_version")) != (header.model, header.model_version) for r in rows):
+        return None
+    if header.only_synthetic:
+        if any(r.get("label") != "synthetic" for r in rows):
+            return None
+    elif len(rows) != len(inputs):
+        return None
+    return Progress(done=len(inputs)).advance(rows, 0)
+
+
 class JobState:
     """The `OUT.partial/` folder of a running or interrupted job, locked against a second writer."""
 

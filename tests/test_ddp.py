@@ -99,7 +99,8 @@ def test_two_process_run_has_the_single_process_layout(one_step_runs):
         DetectorConfig.load(one / "best" / "detector.json").data_fingerprint
     lines = [json.loads(x) for x in (two / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 1, "only rank 0 writes metrics.jsonl"
-    assert lines[0]["processes"] == 2 and 0 <= lines[0]["data_wait_fraction"] <= 1
+    assert lines[0]["processes"] == 2
+    assert lines[0]["data_wait_s"] < lines[0]["seconds"]  # waiting longer than the epoch: an accounting bug
     assert proc.stdout.count("trained 1 steps") == 1, "only rank 0 reports"
 
 

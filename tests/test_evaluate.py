@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakelens.cli import main
 from models.checkpoint import CONFIG
 from models.config import DetectorConfig
 from models.dataset import Sample, list_samples
 from models.preprocess import decode_image
 from models.runtime import load_detector
-from service.cli import main
 from tests.conftest import write_images
 from training.evaluate import collect_logits
 from training.robustness import PERTURBATIONS

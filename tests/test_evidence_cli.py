@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fakelens.cli import main
 from models.runtime import load_detector
 from models.video import Sampling, VideoLimits, sample_frames
-from service.cli import main
 from service.inputs import discover_inputs
 from service.score import ScoreOptions, score_files
 from service.writers import read_rows

@@ -6,10 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -19,41 +15,18 @@ from PIL import Image
 from models.runtime import load_detector
 from models.video import Sampling, VideoLimits, sample_frames
 from tests.media_helpers import astronaut, c2pa_signed_jpeg, encode_video, jpeg_bytes, png_with_text, tampered
-from tests.test_service import free_port, stop
+from tests.serve_helpers import serving
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parent.parent
 LIMITS = {"FAKELENS_MAX_VIDEO_BYTES": "300000", "FAKELENS_MAX_VIDEO_FRAMES": "8", "FAKELENS_MAX_BATCH_SIZE": "4"}
 
 
 @pytest.fixture(scope="module")
 def http(tiny_checkpoint, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve_evidence") / "serve.log"
-    env = {**os.environ, **LIMITS, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(tiny_checkpoint),
-           "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    with serving(tiny_checkpoint, tmp_path_factory.mktemp("serve_evidence"), LIMITS) as url:
         with httpx.Client(base_url=url, timeout=60) as client:
             yield client
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")

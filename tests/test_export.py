@@ -13,11 +13,11 @@ import torch
 from PIL import Image
 
 import models.export as export_mod
+from fakelens.cli import main
 from models.export import ExportOptions, export_model
 from models.parity import ParityError
 from models.preprocess import decode_image
 from models.runtime import load_detector
-from service.cli import main
 from tests.export_helpers import export_tiny, image_files
 
 

@@ -48,5 +48,7 @@ def test_ray_engine_matches_local_engine(local_ray, inputs, tiny_checkpoint, tmp
     assert (summary.total, summary.scored, summary.errors) == (len(inputs), len(inputs) - 1, 1)
     assert not (tmp_path / "ray.parquet.ray-parts").exists()
 
-    with pytest.raises(ValueError, match="already exists"):
-        score_files_ray(inputs, tmp_path / "ray.parquet", opts)
+    again = score_files_ray(inputs, tmp_path / "ray.parquet", opts)  # the same job: its output is complete
+    assert again.already_complete and (again.scored, again.errors) == (len(inputs) - 1, 1)
+    with pytest.raises(ValueError, match="already exists"):  # another job's output is not overwritten
+        score_files_ray(inputs[:-1], tmp_path / "ray.parquet", opts)

@@ -119,3 +119,19 @@ def test_runtime_scores_equal_fakelens_evaluate(name, exported, tiny_checkpoint,
     np.testing.assert_allclose(calibrated_probability(logits, det.config.temperature),
                                calibrated_probability(reference, det.config.temperature),
                                rtol=0, atol=prob_bound(name))
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_backend_spec_is_consistent(name):
+    """Each BackendSpec row is all export, parity and `auto` read: an option export cannot honour,
+    or an auto rank on a device the backend cannot use, would silently never take effect."""
+    from dataclasses import fields
+
+    from models.export import DERIVED_EXPORTERS, ExportOptions
+
+    spec = BACKENDS[name]
+    if spec.export_option is not None:
+        assert spec.export_option in {f.name for f in fields(ExportOptions)}
+        assert spec.export_option in DERIVED_EXPORTERS
+    assert set(spec.auto_rank) <= set(spec.devices)
+    assert spec.precision == "fp32" or spec.prob_bound is not None

@@ -8,12 +8,13 @@ import fsspec
 import numpy as np
 import pytest
 
+from fakelens.cli import main
 from models.checkpoint import load_model_dir, save_model_dir
+from models.prepare import Limits
 from models.preprocess import decode_image
 from models.runtime import load_detector
-from service.cli import main
 from service.inputs import discover_inputs
-from service.score import ScoreOptions, job_header, prepare, score_files, score_prepared
+from service.score import ScoreOptions, job_header, read_and_prepare, score_files, score_prepared
 from service.writers import JobState, open_sink, read_rows, state_dir
 from tests.conftest import write_images
 
@@ -111,7 +112,7 @@ def test_resume_drops_an_uncommitted_torn_tail(images, reference, tiny_checkpoin
     detector = load_detector(tiny_checkpoint, "eager", "cpu")
     state = JobState(out, job_header(detector.config, images, out, False))
     sink = open_sink(out, 0)
-    rows = score_prepared(detector, [prepare(p, detector.config.preprocess, 10**7) for p in images[:4]])
+    rows = score_prepared(detector, [read_and_prepare(p, detector.config, Limits(max_pixels=10**7)) for p in images[:4]])
     state.commit(state.progress.advance(rows, sink.write(rows)))
     sink.write(rows[:2])  # written but never committed
     sink.close()
@@ -177,7 +178,10 @@ def test_cli_exit_codes(images, tiny_checkpoint, tmp_path, capsys):
     ]
     assert main([*args, "--no-progress", "--batch-size", "2"]) == 0  # a broken image is not a job failure
     assert "4 inputs: 3 scored" in capsys.readouterr().err
-    assert main([*args, "--no-progress"]) == 2  # OUT exists: refused with a message
+    assert main([*args, "--no-progress"]) == 0  # the same job again: its finished OUT is success
+    assert "already complete: 4 inputs, 3 scored" in capsys.readouterr().err
+    other = ["score", *images[:2], "-o", str(out), "--model", str(tiny_checkpoint), "--backend", "eager"]
+    assert main([*other, "--no-progress"]) == 2  # OUT holds another job's rows: refused with a message
     assert "--overwrite" in capsys.readouterr().err
     assert (
         main(

@@ -33,7 +33,7 @@ def folder(tmp_path_factory):
 
 def command(folder: Path, out: Path, model: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "service.cli", "score", str(folder), "-o", str(out), "--model", str(model),
+        sys.executable, "-m", "fakelens", "score", str(folder), "-o", str(out), "--model", str(model),
         "--backend", "eager", "--device", "cpu", "--batch-size", str(BATCH), "--workers", "2", "--no-progress", *extra,
     ]  # fmt: skip
 
@@ -92,3 +92,54 @@ def test_kill9_then_rerun_gives_exactly_one_row_per_input(
         assert [r["path"] for r in rows] == inputs  # one row per input, in order: none lost, none twice
         assert rows[-1]["error"].startswith("not_image")
     assert rows == expected  # scores identical to the uninterrupted run
+
+    # Killed after its last commit, or simply retried: a finished job reruns as a success.
+    before = out.read_bytes()
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "already complete" in again.stderr and out.read_bytes() == before
+
+
+def test_other_file_at_out_is_still_refused(folder, tiny_checkpoint, reference, tmp_path):
+    out = tmp_path / "scores.jsonl"
+    out.write_text('{"path": "not/this/job.png", "model": "x"}\n')
+    done = subprocess.run(command(folder, out, tiny_checkpoint), cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "not an interrupted fakelens job" in done.stderr
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk (ENOSPC) without filling the machine's."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {e}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
+
+
+def test_full_disk_is_one_line_and_exit_3_then_resumes(folder, tiny_checkpoint, reference, tiny_disk):
+    inputs, expected = reference
+    filler = tiny_disk / "filler"
+    with open(filler, "wb") as f:  # leave room for ~1/3 of the rows, so the job dies part-way
+        f.write(b"\0" * (1024 * 1024 - 40 * 1024))
+    out = tiny_disk / "scores.jsonl"
+    cmd = command(folder, out, tiny_checkpoint)
+    full = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert full.returncode == 3, full.stderr
+    lines = [line for line in full.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in full.stderr, full.stderr
+    assert "no space left" in lines[0] and "rerun" in lines[0]
+    assert 0 < committed(out) < len(inputs)
+
+    filler.unlink()
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "resumed after" in done.stderr
+    assert read_rows(out) == expected

@@ -8,13 +8,8 @@ of the page in test-artifacts/browser/.
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
@@ -22,7 +17,7 @@ from models.checkpoint import save_model_dir
 from models.network import build_network
 from tests.browser.chromium import find_chromium, launch
 from tests.conftest import tiny_config
-from tests.test_service import free_port, stop
+from tests.serve_helpers import serving
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
@@ -46,30 +41,9 @@ def page_server(tmp_path_factory):
     cfg = dataclasses.replace(tiny_config(), uncertain_band=(0.45, 0.55), name="tiny-vit")
     model = tmp_path_factory.mktemp("page_model")
     save_model_dir(model, build_network(cfg), cfg)
-    port = free_port()
-    log = tmp_path_factory.mktemp("page_serve") / "serve.log"
-    env = {**os.environ, "FAKELENS_API_KEYS": KEY, "FAKELENS_MAX_BYTES": str(MAX_BYTES), "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", str(model), "--host", "127.0.0.1",
-           "--port", str(port), "--device", "cpu"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"server not ready after 120 s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+    env = {"FAKELENS_API_KEYS": KEY, "FAKELENS_MAX_BYTES": str(MAX_BYTES)}
+    with serving(model, tmp_path_factory.mktemp("page_serve"), env) as url:
         yield url
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,7 @@ from PIL import Image
 from playwright.sync_api import sync_playwright
 
 from tests.browser.chromium import find_chromium, launch
-from tests.test_service import free_port, stop
+from tests.serve_helpers import free_port, stop
 
 REPO = Path(__file__).resolve().parents[2]
 VIEWS = {"desktop": ({"width": 1280, "height": 1100}, {}), "phone": ({"width": 390, "height": 1500},
@@ -30,7 +30,7 @@ VIEWS = {"desktop": ({"width": 1280, "height": 1100}, {}), "phone": ({"width": 3
 
 def serve(model: str, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--model", model, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "fakelens", "serve", "--model", model, "--host", "127.0.0.1",
            "--port", str(port), "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,

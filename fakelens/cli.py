@@ -1,6 +1,8 @@
 """The `fakelens` command line: one entry point, one subcommand module per package.
 
-Each module listed in SUBCOMMAND_MODULES exposes `register(subparsers)`, adding its
+It lives in its own package because it is the only code allowed to reach both
+`training` and `service` (which must not import each other; see the import contract in
+pyproject.toml). Each module listed in SUBCOMMAND_MODULES exposes `register(subparsers)`, adding its
 subcommands with `set_defaults(run=callable)`; the callable receives the parsed
 namespace, turns it into typed arguments/config and does the work. Modules are
 imported lazily so `fakelens score` never pays for importing training code.
@@ -9,9 +11,14 @@ imported lazily so `fakelens score` never pays for importing training code.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
+
+# Exit statuses every subcommand shares (README "Exit statuses"); 130 is an interrupt.
+EXIT_BAD_COMMAND = 2  # bad input, flags or paths: the message says what to change
+EXIT_DISK_FULL = 3  # no space left: free some, rerun the same command
 
 SUBCOMMAND_MODULES = (
     "training.cli",
@@ -48,8 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         print(f"fakelens {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_COMMAND
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"fakelens {args.command}: error: no space left on the device{where}; free some space, then rerun "
+              "the same command (an interrupted `fakelens score` resumes where it stopped)", file=sys.stderr)
+        return EXIT_DISK_FULL
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def is_disk_full(e: OSError) -> bool:
+    # pyarrow's IO errors carry no errno, only the C library's message
+    return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
