@@ -27,6 +27,8 @@ from models.config import PreprocessConfig
 from models.preprocess import eval_views, resize_shorter, tile_origins
 
 DEFAULT_GRID = 7
+# Each view costs grid^2 + 1 forwards: 16 (257 per view) bounds what one request can ask for.
+MAX_GRID = 16
 OVERLAY_MAX_SIDE = 1024
 
 
@@ -50,8 +52,10 @@ class Heat:
 
 
 def cell_size(pre: PreprocessConfig, grid: int) -> int:
-    if not 1 <= grid <= pre.img_size:
-        raise ValueError(f"grid={grid}; choose 1..{pre.img_size} cells per side (default {DEFAULT_GRID})")
+    top = min(MAX_GRID, pre.img_size)
+    if not 1 <= grid <= top:
+        raise ValueError(f"grid={grid}; choose 1..{top} cells per side (default {DEFAULT_GRID}; each view costs "
+                         "grid^2 + 1 forwards)")
     return math.ceil(pre.img_size / grid)
 
 

@@ -144,10 +144,13 @@ class Detector:
     async def scores(self, items: list[Prepared]) -> list[float]:
         if not items:
             return []
-        views = [p.views for p in items]
+        return await self.call_model(self.model.to_async.score, [p.views for p in items])
+
+    async def call_model(self, method, payload):
+        """One call to a DetectorModel method, with link retries and overload mapped to 503."""
         for attempt in range(LINK_RETRIES + 1):
             try:
-                return await self.model.to_async.score(views)
+                return await method(payload)
             except aiohttp.ClientConnectionError:
                 # A burst of new connections to the model's unix socket sometimes meets a
                 # closing transport; scoring is idempotent, so retry instead of a 500.
@@ -228,7 +231,7 @@ class Detector:
             cfg, item = await self.upload(image, evidence.plan_explain, LIMITS, grid)
             views = np.concatenate([item.views, item.occluded])
             size = SETTINGS.max_batch_size
-            parts = await asyncio.gather(*(self.model.to_async.view_logits(views[i : i + size])
+            parts = await asyncio.gather(*(self.call_model(self.model.to_async.view_logits, views[i : i + size])
                                            for i in range(0, len(views), size)))
         except ServiceError as err:
             return error_response(err)

@@ -105,8 +105,9 @@ def test_explain_returns_grid_and_overlay(http):
     assert overlay.format == "PNG" and overlay.size == (48, 40)
     detect = http.post("/detect", files={"image": ("x.jpg", photo)}).json()
     assert body["score"] == pytest.approx(detect["score"], abs=1e-5)  # the same model and views
-    bad = http.post("/explain", files={"image": ("x.jpg", photo)}, data={"grid": "0"})
-    assert bad.status_code == 400 and "grid" in bad.json()["error"]["message"]
+    for grid in ("0", "17"):
+        bad = http.post("/explain", files={"image": ("x.jpg", photo)}, data={"grid": grid})
+        assert bad.status_code == 400 and "grid" in bad.json()["error"]["message"]
 
 
 def test_detect_video_timeline_matches_local_scores(http, local):
