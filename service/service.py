@@ -18,20 +18,23 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import aiohttp
 import anyio
 import bentoml
 import numpy as np
 import torch
+from pydantic import Field, Strict
 
 from models.config import DetectorConfig
+from models.explain import MAX_GRID
 from models.provenance import env_trust_anchors
 from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence
-from service.errors import BadRequest, Overloaded, ServiceError, error_response
+from service.errors import Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
 from service.metrics_labels import bound_endpoint_labels
 from service.page import page_app, page_paths
@@ -40,6 +43,15 @@ from service.settings import ServeSettings
 from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
 SETTINGS = ServeSettings.from_env()
+
+# Form options of the evidence endpoints. BentoML JSON-decodes each text part, so `faces=true`
+# arrives as a bool; Strict refuses what the schema does not allow (faces=0, grid="7") with a
+# 400 instead of coercing it, and the bounds appear in /docs.json.
+Flag = Annotated[bool, Strict()]
+Grid = Annotated[int, Strict(), Field(ge=1, le=MAX_GRID)]
+Frames = Annotated[int, Strict(), Field(ge=1)]
+PerSecond = Annotated[float, Strict(), Field(ge=0)]  # 0: sample `frames` uniformly instead
+Aggregate = Literal[AGGREGATES]
 LIMITS = Limits(max_bytes=SETTINGS.max_bytes, max_pixels=SETTINGS.max_pixels)
 LINK_RETRIES = 3
 GPU = torch.cuda.is_available() and SETTINGS.device != "cpu"
@@ -164,7 +176,7 @@ class Detector:
         raise AssertionError("unreachable")
 
     @bentoml.api(route="/detect")
-    async def detect(self, image: Path, faces: bool = False) -> dict:
+    async def detect(self, image: Path, faces: Flag = False) -> dict:
         """Score one image (multipart field `image`): label, calibrated score, threshold, facts, provenance.
 
         faces=true scores each detected face crop; the score is the max over faces."""
@@ -224,7 +236,7 @@ class Detector:
         return out
 
     @bentoml.api(route="/explain")
-    async def explain(self, image: Path, grid: int = 7, overlay: bool = True) -> dict:
+    async def explain(self, image: Path, grid: Grid = 7, overlay: Flag = True) -> dict:
         """Where the evidence is: per-cell occlusion relevance (`heatmap`) and a base64 overlay PNG."""
         start = time.perf_counter()
         try:
@@ -242,16 +254,14 @@ class Detector:
         return out
 
     @bentoml.api(route="/detect_video")
-    async def detect_video(self, video: Path, frames: int = 16, per_second: float | None = None,
-                           keyframes: bool = False, faces: bool = False, aggregate: str = "mean") -> dict:
-        """Score a video (multipart field `video`): sampled frames (N uniform or per_second), aggregate
+    async def detect_video(self, video: Path, frames: Frames = 16, per_second: PerSecond = 0.0,
+                           keyframes: Flag = False, faces: Flag = False, aggregate: Aggregate = "mean") -> dict:
+        """Score a video (multipart field `video`): sampled frames (N uniform, or per_second when > 0), aggregate
         (mean or max) for the verdict, share of frames flagged, and the per-frame timeline."""
         start = time.perf_counter()
         try:
-            if aggregate not in AGGREGATES:
-                raise BadRequest(f"aggregate={aggregate!r}; choose one of {AGGREGATES}", kind="bad_option")
             limits = VideoLimits(SETTINGS.max_video_seconds, SETTINGS.max_video_frames, SETTINGS.max_pixels)
-            sampling = Sampling(frames=frames, per_second=per_second, keyframes=keyframes)
+            sampling = Sampling(frames=frames, per_second=per_second or None, keyframes=keyframes)
             cfg, item = await self.upload(video, evidence.plan_video, sampling, limits, faces)
             probs = await self.score_views(item.views)
         except ServiceError as err:
