@@ -37,7 +37,7 @@ FAKELENS_DEVICE=cuda timeout 240 "$PY" -m bench.serve_load --requests 300 --roun
 timeout 100 "$PY" bench/train_throughput.py --device cuda --sections synthetic --batch-size 128 \
   --steps 10 --repeats 3 --variants eager-fp32,eager-bf16,compile-bf16 --peak-tflops 989
 TT=$(mktemp -d)
-"$PY" -m fakelens demo-data "$TT/demo" --n 800 >/dev/null
+"$PY" -m models.commands demo-data "$TT/demo" --n 800 >/dev/null
 timeout 60 "$PY" -m training --data "$TT/demo" --out "$TT/run" --model vit_small_patch16_224 --epochs 1 \
   --batch-size 128 --workers 8 --device cuda --no-progress >/dev/null 2>&1 \
   && "$PY" -c 'import json,sys; m=json.loads(open(sys.argv[1]).readlines()[-1]); print("# fakelens train epoch (bf16, 8 workers): %.0f img/s, data_wait_fraction %.1f%%" % (m["images_per_s"], 100*m["data_wait_fraction"]))' "$TT/run/metrics.jsonl" \

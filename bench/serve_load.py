@@ -105,7 +105,7 @@ def start(name: str, model: Path, log_dir: Path) -> tuple[subprocess.Popen, str]
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), **extra}
     if kind == "bento":
-        cmd = [sys.executable, "-m", "fakelens", "serve", "--model", str(model), "--port", str(port),
+        cmd = [sys.executable, "-m", "models.commands", "serve", "--model", str(model), "--port", str(port),
                "--device", "cpu"]
     else:
         env["NAIVE_MODEL"] = str(model)

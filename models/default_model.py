@@ -15,6 +15,7 @@ Rebuild it (docs/quality.md gives the exact command and its measured figures):
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 from models.clip_weights import cache_dir
@@ -48,7 +49,7 @@ def ensure_export(log_fn=None) -> Path:
         return out
     from models.export import ExportOptions, export_model
 
-    say = log_fn or log.info
+    say = log_fn or (lambda message: print(message, file=sys.stderr, flush=True))
     say(f"exporting the default detector once to {out} (ONNX, TorchScript, OpenVINO; about a minute)")
     out.parent.mkdir(parents=True, exist_ok=True)
     export_model(DEFAULT_DIR, out, ExportOptions(version=default_config().version), log=say)

@@ -52,7 +52,7 @@ def serving(model: Path, workdir: Path, env: dict[str, str]):
     port = free_port()
     log = workdir / "serve.log"
     full_env = {**os.environ, **env, "PYTHONPATH": str(REPO), "BENTOML_HOME": str(workdir / "bentoml")}
-    cmd = [sys.executable, "-m", "fakelens", "serve", "--model", str(model), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "models.commands", "serve", "--model", str(model), "--host", "127.0.0.1",
            "--port", str(port), "--device", "cpu"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakelens.cli import main
+from models.commands import main
 from models.dataset import list_samples
 from models.metrics import roc_auc
 from training.demo_data import SIZE_RANGE, write_demo_dataset

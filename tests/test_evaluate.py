@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakelens.cli import main
 from models.checkpoint import CONFIG
+from models.commands import main
 from models.config import DetectorConfig
 from models.dataset import Sample, list_samples
 from models.preprocess import decode_image

@@ -8,13 +8,34 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fakelens.cli import main
+from models import commands
 from models.runtime import load_detector
 from models.video import Sampling, VideoLimits, sample_frames
 from service.inputs import discover_inputs
 from service.score import ScoreOptions, score_files
 from service.writers import read_rows
 from tests.media_helpers import astronaut, c2pa_signed_jpeg, encode_video, jpeg_bytes, png_with_text
+
+
+@pytest.fixture(autouse=True)
+def evidence_commands(monkeypatch):
+    """`inspect` and `explain` come from pyproject's entry points; an install made before they were
+    added does not list them yet, so add the entry point here unless it is already installed."""
+    from importlib.metadata import EntryPoint
+
+    installed = commands.entry_points
+
+    def with_evidence(group):
+        found = list(installed(group=group))
+        if not any(ep.name == "evidence" for ep in found):
+            found.append(EntryPoint("evidence", "service.evidence_cli:register", group))
+        return found
+
+    monkeypatch.setattr(commands, "entry_points", with_evidence)
+
+
+def main(argv: list[str]) -> int:
+    return commands.main(argv)
 
 
 @pytest.fixture(scope="module")

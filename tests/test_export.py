@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import models.export as export_mod
-from fakelens.cli import main
+from models.commands import main
 from models.export import ExportOptions, export_model
 from models.parity import ParityError
 from models.preprocess import decode_image

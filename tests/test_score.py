@@ -8,8 +8,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from fakelens.cli import main
 from models.checkpoint import load_model_dir, save_model_dir
+from models.commands import main
 from models.prepare import Limits
 from models.preprocess import decode_image
 from models.runtime import load_detector

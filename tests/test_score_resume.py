@@ -33,7 +33,7 @@ def folder(tmp_path_factory):
 
 def command(folder: Path, out: Path, model: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "fakelens", "score", str(folder), "-o", str(out), "--model", str(model),
+        sys.executable, "-m", "models.commands", "score", str(folder), "-o", str(out), "--model", str(model),
         "--backend", "eager", "--device", "cpu", "--batch-size", str(BATCH), "--workers", "2", "--no-progress", *extra,
     ]  # fmt: skip
 

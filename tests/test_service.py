@@ -280,7 +280,7 @@ def test_http_scores_equal_fakelens_evaluate(server, tiny_checkpoint, tmp_path):
     """No train/serve skew: `fakelens evaluate`'s scores.csv and the HTTP answers for the same files agree."""
     import csv
 
-    from fakelens.cli import main
+    from models.commands import main
     from tests.conftest import write_images
 
     paths = write_images(tmp_path / "real", 3, size=(50, 40), seed=40) + write_images(

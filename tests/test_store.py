@@ -26,7 +26,7 @@ import numpy as np
 from models.preprocess import decode_image
 from models.runtime import load_detector
 from models import store
-from fakelens.cli import main
+from models.commands import main
 
 exp, images = Path(sys.argv[1]), [decode_image(p)[0] for p in sys.argv[2:]]
 by_tag = load_detector("fakelens-detector:latest", backend="onnx", device="cpu")
@@ -57,7 +57,7 @@ def stored(tiny_checkpoint, tmp_path_factory):
     """One `fakelens export` into a private store: (BENTOML_HOME, export folder)."""
     root = tmp_path_factory.mktemp("store")
     home, exp = root / "bentoml", root / "exp"
-    done = _run([sys.executable, "-m", "fakelens", "export", str(tiny_checkpoint), "--out", str(exp)], home)
+    done = _run([sys.executable, "-m", "models.commands", "export", str(tiny_checkpoint), "--out", str(exp)], home)
     assert "registered fakelens-detector:test" in done.stdout
     return home, exp
 
@@ -94,7 +94,7 @@ def test_same_version_with_other_weights_is_refused(stored, tiny_checkpoint, tmp
     state = load_file(str(other / "model.safetensors"))
     state["head.bias"] = state["head.bias"] + torch.ones_like(state["head.bias"])
     save_file(state, str(other / "model.safetensors"))
-    done = _run([sys.executable, "-m", "fakelens", "export", str(other), "--out", str(tmp_path / "b")], home,
+    done = _run([sys.executable, "-m", "models.commands", "export", str(other), "--out", str(tmp_path / "b")], home,
                 check=False)
     assert done.returncode == 2
     assert "already in the store with different weights" in done.stderr and "--version" in done.stderr

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fakelens.cli import main
 from models.checkpoint import load_model_dir
+from models.commands import main
 from models.config import DetectorConfig
 from models.dataset import list_samples
 from models.runtime import load_detector

@@ -2,7 +2,7 @@
 
 import sys
 
-from fakelens.cli import main
+from models.commands import main
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

@@ -35,7 +35,8 @@ def register(subparsers) -> None:
                    help="run folder (uses best/), model folder, export folder, store tag, or 'default' (the shipped "
                         "detector; the default)")
     p.add_argument(
-        "--data", required=True, help="dataset folder (real/, fake/<generator>/) or CSV/JSONL manifest"
+        "--data", required=True, action="append",
+        help="dataset folder (real/, fake/<generator>/) or CSV/JSONL manifest; repeat for several",
     )
     p.add_argument(
         "--out", required=True, metavar="REPORT", help="folder for report.json, scores.csv and plots"
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = EvalConfig(
         model=args.model,
-        data=args.data,
+        data=",".join(args.data),
         out=args.out,
         split=args.split,
         target_fpr=args.target_fpr,

@@ -30,7 +30,7 @@ VIEWS = {"desktop": ({"width": 1280, "height": 1100}, {}), "phone": ({"width": 3
 
 def serve(model: str, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "fakelens", "serve", "--model", model, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "models.commands", "serve", "--model", model, "--host", "127.0.0.1",
            "--port", str(port), "--device", "cpu"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,

@@ -1,46 +1,39 @@
-"""The `fakelens` command line: one entry point, one subcommand module per package.
+"""The `fakelens` command line: one entry point, subcommands contributed by each package.
 
-It lives in its own package because it is the only code allowed to reach both
-`training` and `service` (which must not import each other; see the import contract in
-pyproject.toml). Each module listed in SUBCOMMAND_MODULES exposes `register(subparsers)`, adding its
-subcommands with `set_defaults(run=callable)`; the callable receives the parsed
-namespace, turns it into typed arguments/config and does the work. Modules are
-imported lazily so `fakelens score` never pays for importing training code.
+Each package declares its subcommand modules as entry points in pyproject.toml
+(group `fakelens.commands`, value `package.module:register`), and this dispatcher loads them
+by that name only: no package names another, so `training` and `service` never import each
+other and `models` imports neither (the import contract in pyproject.toml, checked by
+`make test`). `register(subparsers)` adds the subcommands with `set_defaults(run=callable)`;
+the callable turns the parsed namespace into typed config and does the work. Modules are
+loaded lazily per command run, so `fakelens score` does not pay for importing training code.
+
+    fakelens --help          # or: python -m models.commands --help
 """
 
 from __future__ import annotations
 
 import argparse
 import errno
-import importlib
 import os
 import sys
+from importlib.metadata import entry_points
 
+GROUP = "fakelens.commands"
 # Exit statuses every subcommand shares (README "Exit statuses"); 130 is an interrupt.
 EXIT_BAD_COMMAND = 2  # bad input, flags or paths: the message says what to change
 EXIT_DISK_FULL = 3  # no space left: free some, rerun the same command
-
-SUBCOMMAND_MODULES = (
-    "training.cli",
-    "training.evaluate_cli",
-    "models.cli",
-    "service.serve_cli",
-    "service.score_cli",
-    "service.evidence_cli",
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fakelens", description="Detect AI-generated and manipulated images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue
-        module.register(sub)
+    found = sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
+    if not found:
+        raise SystemExit(f"fakelens: no subcommands are registered (entry-point group {GROUP!r}); "
+                         "install the package first: pip install -e .")
+    for ep in found:
+        ep.load()(sub)
     return parser
 
 
@@ -68,3 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 def is_disk_full(e: OSError) -> bool:
     # pyarrow's IO errors carry no errno, only the C library's message
     return e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
