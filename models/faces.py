@@ -35,7 +35,7 @@ def _import_yuface() -> None:
 
     yuface bundles its own libgomp, which reads OMP_WAIT_POLICY once, when it loads. Its
     default (spinning) made one 512 px detection 526 ms instead of 36 ms on our busy 2-core
-    machine (docs/evidence.md); `fakelens` sets the same default for torch in service/cli.py,
+    machine (docs/evidence.md); `fakelens` sets the same default for torch in models/commands.py,
     but the library is also used without that entry point (bentoml serve, tests, benches).
     """
     import os
