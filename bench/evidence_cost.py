@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/evidence_cost.py                       # vit_small_patch16_224, ONNX Runtime
     .venv/bin/python bench/evidence_cost.py --arch efficientnet_lite0 --data /work/shared/datasets/realfake-dev
+    .venv/bin/python bench/evidence_cost.py --model default --n 16 --rounds 2   # the shipped detector
 
-A random-weight detector of `--arch` at 224 px is saved and exported (so `backend=auto` runs
+A random-weight detector of `--arch` at 224 px (or `--model`, any folder/tag/"default") is saved and exported (so `backend=auto` runs
 the shipped CPU runtime), then each feature is timed on the same inputs, medians of
 `--rounds` runs, with the plain score measured in the same run as the baseline:
 - score: decode + views + model (what /detect does per image);
@@ -77,6 +78,7 @@ def clip_720p(seconds: int, fps: int = 25) -> bytes:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="vit_small_patch16_224")
+    ap.add_argument("--model", default=None, help="an existing detector instead of a random-weight --arch")
     ap.add_argument("--data", default=None)
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
@@ -84,13 +86,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="evidence-bench-"))
-    torch.manual_seed(0)
-    cfg = DetectorConfig(arch=args.arch, preprocess=PreprocessConfig(img_size=224), version="bench")
-    save_model_dir(work / "ckpt", build_network(cfg), cfg)
-    export_model(work / "ckpt", work / "exp", ExportOptions(), log=lambda _: None)
-    det = load_detector(work / "exp", "auto", "cpu")
-    print(f"# {args.arch} 224 px, backend {det.backend.name}, {args.threads} threads")
+    if args.model:
+        det = load_detector(args.model, "auto", "cpu")
+    else:
+        work = Path(tempfile.mkdtemp(prefix="evidence-bench-"))
+        torch.manual_seed(0)
+        cfg = DetectorConfig(arch=args.arch, preprocess=PreprocessConfig(img_size=224), version="bench")
+        save_model_dir(work / "ckpt", build_network(cfg), cfg)
+        export_model(work / "ckpt", work / "exp", ExportOptions(), log=lambda _: None)
+        det = load_detector(work / "exp", "auto", "cpu")
+    print(f"# {det.config.arch} {det.config.preprocess.img_size} px, backend {det.backend.name}, "
+          f"{args.threads} threads")
 
     if args.data:
         files = [Path(p).read_bytes() for p in discover_inputs([args.data])[: args.n]]
