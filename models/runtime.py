@@ -70,16 +70,18 @@ class Detector:
             return np.zeros(0)
         counts = [len(v) for v in views]
         integer = [np.issubdtype(v.dtype, np.integer) for v in views]
-        if any(integer) and not all(integer):
-            raise ValueError("views mix pixel (integer, V x S x S x 3) and normalised (float, V x 3 x S x S) "
-                             "arrays; cut them all with eval_pixels (or all with eval_views)")
+        device = getattr(self.backend, "input_device", "cpu")
         if all(integer):
             # uint8 and int16 (padded) items concatenate to int16; -1 stays the padding mark
             pixels = torch.from_numpy(np.concatenate(views))
-            device = getattr(self.backend, "input_device", "cpu")
             batch = normalize_views(pixels.to(device, non_blocking=True), self.config.preprocess)
-        else:
+        elif not any(integer):
             batch = torch.from_numpy(np.concatenate([np.asarray(v, dtype=np.float32) for v in views]))
+        else:  # the scorer mixes image pixels with face/video views cut as floats: normalise per item
+            pre = self.config.preprocess
+            batch = torch.cat([normalize_views(torch.from_numpy(np.array(v)), pre) if is_int
+                               else torch.from_numpy(np.asarray(v, dtype=np.float32))
+                               for v, is_int in zip(views, integer, strict=True)])
         return average_views(self.view_logits(batch), counts)
 
     def probabilities_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:

@@ -46,3 +46,18 @@ def describe(cfg: DetectorConfig) -> dict:
     """The decision rule as the API and score rows report it."""
     low, high = band(cfg)
     return {"threshold": float(cfg.threshold), "uncertain_band": [float(low), float(high)]}
+
+
+def decide(probability: float | None, cfg: DetectorConfig, provenance: dict | None = None) -> tuple[str, str]:
+    """(label, reason): the model's `label_for`, unless the file itself declares generative AI.
+
+    reason is "declared" when an intact provenance declaration (models/provenance.py) made
+    the label `synthetic`, else "model". Provenance never pushes a verdict towards `real`:
+    missing or camera-looking metadata proves nothing. `probability` may be None when the
+    image could not be scored but its metadata was read.
+    """
+    if provenance and provenance.get("declared_ai"):
+        return "synthetic", "declared"
+    if probability is None:
+        raise ValueError("no score and no provenance declaration: there is nothing to decide on")
+    return label_for(probability, cfg), "model"

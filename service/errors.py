@@ -12,6 +12,7 @@ from http import HTTPStatus
 from bentoml.exceptions import BentoMLException
 
 from models.preprocess import ImageError
+from models.video import VideoError
 
 
 class ServiceError(BentoMLException):
@@ -125,3 +126,19 @@ def error_response(err: ServiceError):
     from starlette.responses import JSONResponse
 
     return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=err.headers())
+
+
+# VideoError.kind -> the error class answered for it (models/video.py).
+VIDEO_ERRORS: dict[str, type[ServiceError]] = {
+    "empty": BadRequest,
+    "unsupported": UnsupportedMediaType,
+    "corrupt": Unprocessable,
+    "too_long": PayloadTooLarge,
+    "too_many_frames": PayloadTooLarge,
+    "too_many_pixels": PayloadTooLarge,
+    "bad_option": BadRequest,
+}
+
+
+def from_video_error(e: VideoError) -> ServiceError:
+    return VIDEO_ERRORS[e.kind](str(e), kind=e.kind)

@@ -49,7 +49,7 @@ from service.upload import (
 
 # Routes whose single upload has its own byte limit (a ServeSettings field) instead of
 # max_bytes per file, e.g. a video endpoint: {"/detect_video": "max_video_bytes"}.
-UPLOAD_LIMITS: dict[str, str] = {}
+UPLOAD_LIMITS: dict[str, str] = {"/detect_video": "max_video_bytes"}
 
 
 class GuardMiddleware:
@@ -92,7 +92,8 @@ class GuardMiddleware:
     def limits(self, route: Route) -> BodyLimits:
         s = self.settings
         if route.path in UPLOAD_LIMITS:
-            return BodyLimits(getattr(s, UPLOAD_LIMITS[route.path]) + MULTIPART_OVERHEAD, 1, s.body_timeout_s)
+            name = UPLOAD_LIMITS[route.path]
+            return BodyLimits(getattr(s, name) + MULTIPART_OVERHEAD, 1, s.body_timeout_s, f"FAKELENS_{name.upper()}")
         if route.max_files is not None:
             return BodyLimits(s.max_bytes * route.max_files + MULTIPART_OVERHEAD, route.max_files, s.body_timeout_s)
         return BodyLimits(s.max_request_bytes, s.max_batch_items, s.body_timeout_s)

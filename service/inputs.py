@@ -22,6 +22,9 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
+# Videos are scored frame by frame (models/video.py); folders are searched for them too.
+from models.video import VIDEO_EXTENSIONS
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".txt")
 GLOB_CHARS = ("*", "?", "[")
@@ -38,7 +41,7 @@ def _local(spec: str) -> str:
 
 
 def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+    return name.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
 
 
 def _is_manifest(name: str) -> bool:
@@ -181,7 +184,8 @@ def discover_inputs(specs: Sequence[str]) -> list[str]:
     paths = _dedupe(paths)
     if not paths:
         raise FileNotFoundError(
-            f"no images found in {list(specs)}; folders are searched for {', '.join(IMAGE_EXTENSIONS)}"
+            f"no images found in {list(specs)}; folders are searched for "
+            f"{', '.join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)}"
         )
     return paths
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from models.prepare import Limits
 from service.score import (
+    Evidence,
     ScoreOptions,
     Summary,
     already_complete,
@@ -41,11 +42,13 @@ INDEX = "_index"
 class ScoreActor:
     """One Ray actor: a detector loaded once, scoring batches of paths."""
 
-    def __init__(self, model: str, backend: str, device: str, max_pixels: int):
+    def __init__(self, model: str, backend: str, device: str, max_pixels: int, evidence: Evidence = Evidence(),
+                 aggregate: str = "mean"):
         from models.runtime import load_detector
 
         self.detector = load_detector(model, backend, device)
         self.limits = Limits(max_pixels=max_pixels)
+        self.evidence, self.aggregate = evidence, aggregate  # face mode and video sampling (heatmaps: local only)
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
@@ -54,7 +57,8 @@ class ScoreActor:
         cfg = self.detector.config
         with torch.inference_mode():
             rows = score_prepared(
-                self.detector, [read_and_prepare(str(p), cfg, self.limits) for p in batch["path"]]
+                self.detector, [read_and_prepare(str(p), cfg, self.limits, self.evidence) for p in batch["path"]],
+                self.aggregate,
             )
         table = pa.Table.from_pylist(rows, schema=arrow_schema())
         return table.append_column(INDEX, pa.array(np.asarray(batch[INDEX], dtype=np.int64)))
@@ -109,6 +113,8 @@ def score_files_ray(
     inputs: Sequence[str], out: str | Path, opts: ScoreOptions, address: str | None = None
 ) -> Summary:
     """Score `inputs` into OUT on Ray Data (a local instance unless an address is given)."""
+    if opts.heatmaps is not None:
+        raise ValueError("--heatmaps writes PNGs beside the job and runs with the local engine only; drop --engine ray")
     import pyarrow.compute as pc
     import ray
 
@@ -135,7 +141,8 @@ def score_files_ray(
         ds = ds.map_batches(
             ScoreActor,
             fn_constructor_kwargs=dict(
-                model=opts.model, backend=opts.backend, device=opts.device, max_pixels=opts.max_pixels
+                model=opts.model, backend=opts.backend, device=opts.device, max_pixels=opts.max_pixels,
+                evidence=Evidence.of(opts), aggregate=opts.aggregate,
             ),
             batch_size=opts.batch_size,
             batch_format="numpy",

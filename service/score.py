@@ -2,13 +2,12 @@
 
     fakelens score photos/ more.csv -o scores.jsonl --model /tmp/export --batch-size 32 --workers 4
 
-Worker processes or threads (`--decode`; `auto` = processes from 8 cores up) read each
-input and run `models.prepare.prepare` on it (the same decode-and-cut as the HTTP service,
-views as uint8 pixels) while the main thread normalises the previous batch and runs the
-model on it. Processes where many cores decode for a fast model (a GPU host): decoding
-holds the GIL for part of its work (Pillow's Python side, numpy cropping), and decode
-threads then starve the thread that feeds the model; a uint8 view is only 0.15 MB to send
-back. At most `prefetch` batches are decoded ahead, which bounds memory. Rows come
+Worker threads read each input and run `models.prepare.prepare` on it (the same
+decode-and-cut as the HTTP service; plain images come back as uint8 pixel views) while
+the main thread runs the model on the previous batch. `--decode processes` (the `auto`
+choice from 8 cores up) decodes in forkserver worker processes: decode threads hold the GIL
+for part of their work and starve the thread that feeds the model on hosts where many cores
+decode for a fast model; a uint8 view is only 0.15 MB to send back. At most `prefetch` batches are decoded ahead, which bounds memory. Rows come
 out in input order and each batch is committed through `service.writers`, so a killed
 job resumes exactly where it stopped when the same command is run again.
 """
@@ -27,11 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from models.config import DetectorConfig
-from models.prepare import Limits, prepare
-from models.preprocess import DEFAULT_MAX_PIXELS, ImageError
-from models.verdict import label_for
+from models.faces import FacePlan, plan_faces, summarize
+from models.prepare import Limits, decode, prepare
+from models.preprocess import DEFAULT_MAX_PIXELS, ImageError, eval_views
+from models.provenance import read_provenance
+from models.verdict import decide
+from models.video import (
+    AGGREGATES,
+    Sampling,
+    VideoError,
+    VideoLimits,
+    frame_plans,
+    is_video_path,
+    sample_frames,
+    summarize_video,
+)
 from service.inputs import fingerprint, read_bytes
 from service.writers import (
     JobHeader,
@@ -68,6 +80,12 @@ class ScoreOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
+    faces: bool = False  # score face crops, max over faces (models/faces.py)
+    sampling: Sampling = Sampling()  # video files: which frames (models/video.py)
+    video_limits: VideoLimits = VideoLimits()
+    aggregate: str = "mean"  # video verdict on the mean or max frame score
+    heatmaps: str | None = None  # folder for one occlusion-heatmap PNG per image (models/explain.py)
+    heat_grid: int = 7
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -78,6 +96,8 @@ class ScoreOptions:
             raise ValueError(f"--decode={self.decode!r}; choose one of {', '.join(DECODE_MODES)}")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels={self.max_pixels}; it must be positive")
+        if self.aggregate not in AGGREGATES:
+            raise ValueError(f"--aggregate={self.aggregate!r}; choose one of {AGGREGATES}")
 
 
 @dataclass(frozen=True)
@@ -104,16 +124,43 @@ class Summary:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One input after decoding: its views, or the reason it cannot be scored."""
+    """One input after decoding: its views, or the reason it cannot be scored.
+
+    Plain images carry `views`; face mode and videos carry `plans` (one views array per
+    face or frame) and, for videos, the sampled frames; all are scored in the same batch."""
 
     path: str
     views: np.ndarray | None
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    provenance: dict | None = None
+    plans: list[FacePlan] | None = None
+    video: tuple | None = None  # (VideoFacts, frames) for video files
+    faces: bool = False  # face mode ran (plans hold face crops)
+    image: Image.Image | None = None  # kept only when heatmaps are asked for
+
+    def all_views(self) -> list[np.ndarray]:
+        if self.views is not None:
+            return [self.views]
+        return [v for p in self.plans or [] for v in p.views]
 
 
-def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits) -> Prepared:
+@dataclass(frozen=True)
+class Evidence:
+    """What to compute beside the plain score (ScoreOptions' evidence fields, for the decode workers)."""
+
+    faces: bool = False
+    sampling: Sampling = Sampling()
+    video_limits: VideoLimits = VideoLimits()
+    keep_image: bool = False
+
+    @classmethod
+    def of(cls, opts: ScoreOptions) -> Evidence:
+        return cls(opts.faces, opts.sampling, opts.video_limits, opts.heatmaps is not None)
+
+
+def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits, evidence: Evidence = Evidence()) -> Prepared:
     """Read one input and run models.prepare on it; a bad input becomes a row error, not an exception."""
     try:
         data = read_bytes(path)
@@ -121,28 +168,65 @@ def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits) -> Prepared
         return Prepared(
             path, None, error=f"unreadable: {e.strerror or e}; check the path and its permissions"
         )
+    if is_video_path(path):
+        return _prepare_video(path, data, cfg, evidence)
     try:
-        item = prepare(data, cfg, limits)
+        if evidence.faces or evidence.keep_image:
+            img, facts = decode(data, limits)
+            provenance = read_provenance(data)
+        else:
+            item = prepare(data, cfg, limits)
+            return Prepared(path, item.views, item.facts.width, item.facts.height, provenance=item.provenance)
     except ImageError as e:
-        return Prepared(path, None, error=f"{e.kind}: {e}")
-    return Prepared(path, item.views, item.facts.width, item.facts.height)
+        # An undecodable image can still declare itself generated; the row then says so.
+        return Prepared(path, None, error=f"{e.kind}: {e}", provenance=read_provenance(data))
+    kept = img if evidence.keep_image else None
+    if evidence.faces:
+        return Prepared(path, None, facts.width, facts.height, provenance=provenance,
+                        plans=[plan_faces(img, cfg.preprocess)], faces=True, image=kept)
+    return Prepared(path, eval_views(img, cfg.preprocess), facts.width, facts.height, provenance=provenance,
+                    image=kept)
 
 
-def prepare_many(paths: Sequence[str], cfg: DetectorConfig, limits: Limits) -> list[Prepared]:
-    """`read_and_prepare` for a slice of a batch: one task per worker and batch keeps IPC per image low."""
-    return [read_and_prepare(p, cfg, limits) for p in paths]
+def _prepare_video(path: str, data: bytes, cfg: DetectorConfig, evidence: Evidence) -> Prepared:
+    provenance = read_provenance(data)
+    try:
+        facts, frames = sample_frames(data, evidence.sampling, evidence.video_limits)
+    except VideoError as e:
+        return Prepared(path, None, error=f"{e.kind}: {e}", provenance=provenance)
+    return Prepared(path, None, facts.width, facts.height, provenance=provenance,
+                    plans=frame_plans(frames, cfg.preprocess, evidence.faces), video=(facts, frames),
+                    faces=evidence.faces)
 
 
-def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
-    """Rows (writers.COLUMNS) for one batch; the model sees every decodable image at once."""
+def _scored(it: Prepared, probs: np.ndarray, cfg, aggregate: str) -> tuple[float, dict | None]:
+    """(score, detail) of one input from the probabilities of its views."""
+    if it.video is not None:
+        summary = summarize_video(*it.video, it.plans, probs, cfg, aggregate, faces=it.faces)
+        return summary["score"], {k: summary[k] for k in ("aggregate", "mean", "max", "share_flagged",
+                                                          "frames_scored", "video", "timeline")}
+    if it.plans is not None:
+        faces = summarize(it.plans[0], probs, cfg)
+        return faces["score"], {k: v for k, v in faces.items() if k != "score"}
+    return float(probs[0]), None
+
+
+def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean") -> list[dict[str, Any]]:
+    """Rows (writers.COLUMNS) for one batch; the model sees every decodable view at once."""
+    import json
+
     cfg = detector.config
-    ok = [it for it in items if it.views is not None]
-    scores = detector.probabilities_from_views([it.views for it in ok])
-    probs = {id(it): float(p) for it, p in zip(ok, scores, strict=True)}
+    ok = [it for it in items if it.error is None]
+    counts = [len(it.all_views()) for it in ok]
+    probs = detector.probabilities_from_views([v for it in ok for v in it.all_views()])
+    offsets = np.cumsum([0, *counts])
+    scored = {id(it): _scored(it, probs[offsets[i] : offsets[i + 1]], cfg, aggregate) for i, it in enumerate(ok)}
     rows = []
     for it in items:
-        score = probs.get(id(it))
-        label = None if score is None else label_for(score, cfg)
+        score, detail = scored.get(id(it), (None, None))
+        label, reason = (None, None)
+        if score is not None or (it.provenance or {}).get("declared_ai"):
+            label, reason = decide(score, cfg, it.provenance)
         rows.append(
             dict(
                 path=it.path,
@@ -154,9 +238,31 @@ def score_prepared(detector, items: Sequence[Prepared]) -> list[dict[str, Any]]:
                 width=it.width,
                 height=it.height,
                 error=it.error,
+                reason=reason,
+                provenance=None if it.provenance is None else json.dumps(it.provenance, sort_keys=True),
+                detail=None if detail is None else json.dumps(detail),
             )
         )
     return rows
+
+
+def add_heatmaps(detector, items: Sequence[Prepared], rows: list[dict[str, Any]], folder: Path, grid: int) -> None:
+    """Write an occlusion-heatmap overlay per scored image and put its grid into the row's detail."""
+    import hashlib
+    import json
+
+    from models.explain import explain, overlay
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for it, row in zip(items, rows, strict=True):
+        if it.image is None or row["score"] is None:
+            continue
+        heat = explain(detector, it.image, grid)
+        # The path hash keeps same-named files from different folders apart; reruns overwrite in place.
+        name = f"{Path(it.path).stem}-{hashlib.sha1(it.path.encode()).hexdigest()[:8]}.png"
+        overlay(it.image, heat).save(folder / name)
+        detail = json.loads(row["detail"]) if row["detail"] else {}
+        row["detail"] = json.dumps({**detail, "heatmap": heat.to_dict(), "heatmap_png": str(folder / name)})
 
 
 def job_header(cfg, inputs: Sequence[str], out: Path, only_synthetic: bool) -> JobHeader:
@@ -189,6 +295,11 @@ def _progress_bar(total: int, initial: int, enabled: bool):
     )
 
 
+def prepare_many(paths: Sequence[str], cfg: DetectorConfig, limits: Limits, evidence: Evidence) -> list[Prepared]:
+    """`read_and_prepare` for a slice of a batch: one task per worker and batch keeps IPC per image low."""
+    return [read_and_prepare(p, cfg, limits, evidence) for p in paths]
+
+
 def decode_pool(mode: str, workers: int) -> Executor:
     if mode == "threads":
         return ThreadPoolExecutor(workers, thread_name_prefix="decode")
@@ -210,9 +321,18 @@ def decode_mode(opts: ScoreOptions, todo: Sequence[str]) -> str:
     # one batch has nothing to overlap with: starting processes would only add their start-up
     if len(todo) <= opts.batch_size:
         return "threads"
+    # NOTE: faces, videos and heatmaps carry frames and images back; untested across processes
+    if opts.faces or opts.heatmaps is not None or any(not _looks_like_image(p) for p in todo):
+        return "threads"
     if opts.decode == "auto":
         return "processes" if (os.cpu_count() or 1) >= PROCESS_DECODE_MIN_CORES else "threads"
     return opts.decode
+
+
+def _looks_like_image(path: str) -> bool:
+    from service.inputs import IMAGE_EXTENSIONS
+
+    return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _slices(items: Sequence[str], parts: int) -> list[Sequence[str]]:
@@ -221,7 +341,7 @@ def _slices(items: Sequence[str], parts: int) -> list[Sequence[str]]:
 
 
 def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobState, sink, bar) -> None:
-    cfg, limits = detector.config, Limits(max_pixels=opts.max_pixels)
+    cfg, limits, evidence = detector.config, Limits(max_pixels=opts.max_pixels), Evidence.of(opts)
     batches = _chunks(todo, opts.batch_size)
     workers = opts.workers or default_workers()
     with decode_pool(decode_mode(opts, todo), workers) as pool:
@@ -230,7 +350,7 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
         def submit_next() -> None:
             chunk = next(batches, None)
             if chunk is not None:
-                pending.append([pool.submit(prepare_many, s, cfg, limits) for s in _slices(chunk, workers)])
+                pending.append([pool.submit(prepare_many, s, cfg, limits, evidence) for s in _slices(chunk, workers)])
 
         try:
             for _ in range(opts.prefetch + 1):
@@ -238,7 +358,9 @@ def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobSt
             while pending:
                 items = [it for f in pending.popleft() for it in f.result()]
                 submit_next()  # decode the next batch while this one is on the model
-                rows = score_prepared(detector, items)
+                rows = score_prepared(detector, items, opts.aggregate)
+                if opts.heatmaps is not None:
+                    add_heatmaps(detector, items, rows, Path(opts.heatmaps), opts.heat_grid)
                 kept = [r for r in rows if r["label"] == "synthetic"] if opts.only_synthetic else rows
                 # Order matters: rows reach the disk (fsync) before the commit that counts them.
                 state.commit(state.progress.advance(rows, sink.write(kept)))
@@ -270,6 +392,10 @@ def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, dete
     out = Path(out)
     output_format(out)  # refuse a bad extension before loading a model
     detector = detector or load_detector(opts.model, opts.backend, opts.device)
+    if opts.heatmaps is not None:
+        from models.explain import cell_size
+
+        cell_size(detector.config.preprocess, opts.heat_grid)  # a bad --heat-grid fails before any work
     header = job_header(detector.config, inputs, out, opts.only_synthetic)
     done = already_complete(out, header, inputs, opts)
     if done is not None:

@@ -3,6 +3,11 @@
     fakelens score /data/imgs list.csv -o scores.jsonl --model /tmp/export [--batch-size 32] [--workers 4]
     fakelens score /data/imgs -o scores.parquet --model /tmp/export --engine ray [--ray-address ray://head:10001]
 
+Rows carry the file's provenance and the reason for the label ("declared" when its own
+metadata declares generative AI); `--faces` scores face crops (max over faces); video
+files (.mp4, .mov, .webm, ...) are scored on sampled frames with a timeline in `detail`;
+`--heatmaps DIR` writes an occlusion heatmap per image (docs/evidence.md).
+
 Exit status: 0 when the job finished (undecodable images get rows with an `error`), also
 when OUT already holds this same job's finished output ("already complete": nothing is
 rerun, so a retry wrapper succeeds); 2 for a bad command (missing input, unknown model,
@@ -51,6 +56,15 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-pixels", type=int, default=None, help="refuse images with more pixels (default 40M)"
     )
+    p.add_argument("--faces", action="store_true", help="score each face crop; the score is the max over faces")
+    p.add_argument("--video-frames", type=int, default=16, help="frames sampled uniformly per video (default 16)")
+    p.add_argument("--video-per-second", type=float, default=None, help="sample this many frames per second instead")
+    p.add_argument("--keyframes", action="store_true", help="videos: decode keyframes only (faster)")
+    p.add_argument("--aggregate", choices=("mean", "max"), default="mean", help="video verdict on mean or max frame")
+    p.add_argument("--max-video-frames", type=int, default=64, help="refuse videos needing more sampled frames")
+    p.add_argument("--heatmaps", default=None, metavar="DIR",
+                   help="write an occlusion-heatmap PNG per image here (grid in the row's detail; ~25x slower)")
+    p.add_argument("--heat-grid", type=int, default=7, help="heatmap cells per side of each model view")
     p.add_argument("--overwrite", action="store_true", help="replace OUT instead of resuming into it")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(run=run)
@@ -58,6 +72,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.preprocess import DEFAULT_MAX_PIXELS
+    from models.video import Sampling, VideoLimits
     from service.inputs import discover_inputs
     from service.score import ScoreOptions
 
@@ -72,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        faces=args.faces,
+        sampling=Sampling(frames=args.video_frames, per_second=args.video_per_second, keyframes=args.keyframes),
+        video_limits=VideoLimits(max_frames=args.max_video_frames),
+        aggregate=args.aggregate,
+        heatmaps=args.heatmaps,
+        heat_grid=args.heat_grid,
     )
     inputs = discover_inputs(args.inputs)
     try:

@@ -3,6 +3,8 @@
 Two BentoML services in one bento:
 - `Detector` (public, CPU): POST /detect and /detect_batch take multipart uploads, decode
   them and cut the model's views (off the event loop, in threads), then await the model.
+  /detect answers with the file's provenance and, with `faces=true`, per-face scores;
+  /explain adds an occlusion heatmap, /detect_video scores sampled frames (service/evidence.py).
 - `DetectorModel` (internal, GPU when present): loads the model once through
   `models.runtime.load_detector`, warms it up, and exposes one adaptive-batching method,
   `score(views: list[array]) -> list[probability]`. BentoML merges concurrent calls into
@@ -18,16 +20,22 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Annotated, Literal
 
 import aiohttp
 import anyio
 import bentoml
 import numpy as np
 import torch
+from pydantic import Field, Strict
 
 from models.config import DetectorConfig
+from models.explain import MAX_GRID
+from models.provenance import env_trust_anchors
 from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
+from models.video import AGGREGATES, Sampling, VideoLimits
+from service import evidence
 from service.errors import Overloaded, ServiceError, error_response
 from service.guard import GuardMiddleware
 from service.metrics_labels import bound_endpoint_labels
@@ -37,6 +45,15 @@ from service.settings import ServeSettings
 from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
 SETTINGS = ServeSettings.from_env()
+
+# Form options of the evidence endpoints. BentoML JSON-decodes each text part, so `faces=true`
+# arrives as a bool; Strict refuses what the schema does not allow (faces=0, grid="7") with a
+# 400 instead of coercing it, and the bounds appear in /docs.json.
+Flag = Annotated[bool, Strict()]
+Grid = Annotated[int, Strict(), Field(ge=1, le=MAX_GRID)]
+Frames = Annotated[int, Strict(), Field(ge=1)]
+PerSecond = Annotated[float, Strict(), Field(ge=0)]  # 0: sample `frames` uniformly instead
+Aggregate = Literal[AGGREGATES]
 LIMITS = Limits(max_bytes=SETTINGS.max_bytes, max_pixels=SETTINGS.max_pixels)
 LINK_RETRIES = 3
 GPU = torch.cuda.is_available() and SETTINGS.device != "cpu"
@@ -90,6 +107,11 @@ class DetectorModel:
             return self.detector.probabilities_from_views(views).tolist()
 
     @bentoml.api
+    def view_logits(self, views: np.ndarray) -> list[float]:
+        """Raw logits of N x 3 x S x S views, one per view (the /explain occlusion batches)."""
+        return self.detector.view_logits(torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32))).tolist()
+
+    @bentoml.api
     def describe(self) -> dict:
         return {"config": self.detector.config.to_dict(), "info": self.detector.info}
 
@@ -105,6 +127,7 @@ class Detector:
     model = bentoml.depends(DetectorModel)
 
     def __init__(self) -> None:
+        env_trust_anchors()  # a bad FAKELENS_C2PA_TRUST_ANCHORS stops the start, rather than failing every request
         self.config: DetectorConfig | None = None
         self.model_info: dict = {}
         self._lock = asyncio.Lock()
@@ -135,10 +158,13 @@ class Detector:
     async def scores(self, items: list[Prepared]) -> list[float]:
         if not items:
             return []
-        views = [p.views for p in items]
+        return await self.call_model(self.model.to_async.score, [p.views for p in items])
+
+    async def call_model(self, method, payload):
+        """One call to a DetectorModel method, with link retries and overload mapped to 503."""
         for attempt in range(LINK_RETRIES + 1):
             try:
-                return await self.model.to_async.score(views)
+                return await method(payload)
             except aiohttp.ClientConnectionError:
                 # A burst of new connections to the model's unix socket sometimes meets a
                 # closing transport; scoring is idempotent, so retry instead of a 500.
@@ -152,15 +178,19 @@ class Detector:
         raise AssertionError("unreachable")
 
     @bentoml.api(route="/detect")
-    async def detect(self, image: Path) -> dict:
-        """Score one image (multipart field `image`): label, calibrated score, threshold, facts."""
+    async def detect(self, image: Path, faces: Flag = False) -> dict:
+        """Score one image (multipart field `image`): label, calibrated score, threshold, facts, provenance.
+
+        faces=true scores each detected face crop; the score is the max over faces."""
+        if faces:
+            return await self.detect_faces(image)
         start = time.perf_counter()
         try:
             item = await self.prepared(image)
             [score] = await self.scores([item])
         except ServiceError as err:
             return error_response(err)
-        out = verdict(score, item.facts, self.config, self.model_info)
+        out = verdict(score, item.facts, self.config, self.model_info, item.provenance)
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return out
 
@@ -178,8 +208,69 @@ class Detector:
         except ServiceError as err:
             return error_response(err)
         results = [item_error(o) if isinstance(o, ServiceError) else verdict(next(scores), o.facts, self.config,
-                                                                              self.model_info) for o in outcomes]
+                                                                              self.model_info, o.provenance)
+                   for o in outcomes]
         return {"results": results, "elapsed_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    # ---- evidence: face mode, heatmaps, video (logic in models/, glue in service/evidence.py) ----
+
+    async def score_views(self, views: list[np.ndarray]) -> list[float]:
+        """Probabilities of many view arrays, sent in chunks the model's batcher accepts."""
+        size = SETTINGS.max_batch_size
+        chunks = [views[i : i + size] for i in range(0, len(views), size)]
+        parts = await asyncio.gather(*(self.scores([Prepared(views=v, facts=None) for v in c]) for c in chunks))
+        return [p for part in parts for p in part]
+
+    async def upload(self, path: Path, plan, *args):
+        cfg = await self.described()
+        data = await anyio.Path(path).read_bytes()
+        return cfg, await anyio.to_thread.run_sync(plan, data, cfg, *args)
+
+    async def detect_faces(self, image: Path) -> dict:
+        start = time.perf_counter()
+        try:
+            cfg, item = await self.upload(image, evidence.plan_face_mode, LIMITS)
+            probs = await self.score_views(item.plan.views)
+        except ServiceError as err:
+            return error_response(err)
+        out = evidence.answer_face_mode(item, probs, cfg, self.model_info)
+        out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
+
+    @bentoml.api(route="/explain")
+    async def explain(self, image: Path, grid: Grid = 7, overlay: Flag = True) -> dict:
+        """Where the evidence is: per-cell occlusion relevance (`heatmap`) and a base64 overlay PNG."""
+        start = time.perf_counter()
+        try:
+            cfg, item = await self.upload(image, evidence.plan_explain, LIMITS, grid)
+            views = np.concatenate([item.views, item.occluded])
+            size = SETTINGS.max_batch_size
+            parts = await asyncio.gather(*(self.call_model(self.model.to_async.view_logits, views[i : i + size])
+                                           for i in range(0, len(views), size)))
+        except ServiceError as err:
+            return error_response(err)
+        logits = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
+        n = len(item.views)
+        out, _ = evidence.answer_explain(item, logits[:n], logits[n:], cfg, self.model_info, overlay)
+        out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
+
+    @bentoml.api(route="/detect_video")
+    async def detect_video(self, video: Path, frames: Frames = 16, per_second: PerSecond = 0.0,
+                           keyframes: Flag = False, faces: Flag = False, aggregate: Aggregate = "mean") -> dict:
+        """Score a video (multipart field `video`): sampled frames (N uniform, or per_second when > 0), aggregate
+        (mean or max) for the verdict, share of frames flagged, and the per-frame timeline."""
+        start = time.perf_counter()
+        try:
+            limits = VideoLimits(SETTINGS.max_video_seconds, SETTINGS.max_video_frames, SETTINGS.max_pixels)
+            sampling = Sampling(frames=frames, per_second=per_second or None, keyframes=keyframes)
+            cfg, item = await self.upload(video, evidence.plan_video, sampling, limits, faces)
+            probs = await self.score_views(item.views)
+        except ServiceError as err:
+            return error_response(err)
+        out = evidence.answer_video(item, probs, cfg, self.model_info, aggregate, faces)
+        out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
+        return out
 
 
 ROUTES = api_routes(Detector)

@@ -47,11 +47,16 @@ class ServeSettings:
     max_inflight_bytes: int = 256 * MB  # upload bytes held per front worker; beyond it: 503
     body_timeout_s: int = 30  # the whole body must arrive within this, else 408
     api_keys: tuple[str, ...] = ()
+    # /detect_video (models/video.py): upload bytes, clip duration, sampled frames per request.
+    # A video also has to fit max_inflight_bytes (the worker's upload budget), else it gets a 503.
+    max_video_bytes: int = 200 * MB
+    max_video_seconds: int = 600
+    max_video_frames: int = 64
 
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_latency_ms", "max_inflight", "timeout_s", "workers",
                      "max_pixels", "max_bytes", "max_request_bytes", "max_batch_items", "max_inflight_bytes",
-                     "body_timeout_s"):
+                     "body_timeout_s", "max_video_bytes", "max_video_seconds", "max_video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be >= 1")
         if self.body_timeout_s >= self.timeout_s:

@@ -55,6 +55,7 @@ class BodyLimits:
     max_bytes: int  # whole request body
     max_files: int  # file parts in one request
     timeout_s: float  # the whole body must arrive within this
+    setting: str = ""  # the FAKELENS_* variable that sets max_bytes, when not the image ones (413 message)
 
 
 class ByteBudget:
@@ -80,7 +81,10 @@ def media_type(scope) -> str:
     return value.split(";")[0].strip().lower()
 
 
-def too_large(size: int, limit: int) -> PayloadTooLarge:
+def too_large(size: int, limit: int, setting: str = "") -> PayloadTooLarge:
+    if setting:
+        return PayloadTooLarge(f"the request body is {size:,}+ bytes, above the limit of {limit:,}; "
+                               f"send a smaller file (or raise {setting})")
     return PayloadTooLarge(
         f"the request body is {size:,}+ bytes, above the limit of {limit:,}; send a smaller image or fewer "
         "images per request (or raise FAKELENS_MAX_BYTES / FAKELENS_MAX_REQUEST_BYTES)"
@@ -123,7 +127,7 @@ class Body:
             chunk = message.get("body", b"")
             self.size += len(chunk)
             if self.size > self.limits.max_bytes:
-                raise too_large(self.size, self.limits.max_bytes)
+                raise too_large(self.size, self.limits.max_bytes, self.limits.setting)
             if self.size > self.reserved:
                 self.budget.take(self.size - self.reserved)
                 self.reserved = self.size
@@ -138,7 +142,7 @@ def check_declared_length(scope, limits: BodyLimits) -> int | None:
     if declared is None or not declared.isdigit():
         return None
     if int(declared) > limits.max_bytes:
-        raise too_large(int(declared), limits.max_bytes)
+        raise too_large(int(declared), limits.max_bytes, limits.setting)
     return int(declared)
 
 

@@ -7,21 +7,31 @@ with `fakelens score`) with bad input mapped to the HTTP error for it.
 from __future__ import annotations
 
 from models.config import DetectorConfig
-from models.prepare import Limits, Prepared, prepare
+from models.prepare import Limits, Prepared, decode, prepare
 from models.preprocess import ImageError, ImageFacts
-from models.verdict import describe, label_for
+from models.verdict import decide, describe
 from service.errors import ServiceError, from_image_error
 
 
-def prepare_upload(data: bytes, cfg: DetectorConfig, limits: Limits) -> Prepared:
-    """models.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it."""
+def _service_errors(fn, *args):
+    """Call fn with bad input (ImageError) turned into the ServiceError (HTTP status) for it."""
     try:
-        return prepare(data, cfg, limits)
+        return fn(*args)
     except ImageError as e:
         err = from_image_error(e)
         if e.kind == "too_large":
             err = type(err)(f"{err.message} (or raise FAKELENS_MAX_BYTES)", kind=e.kind)
         raise err from None
+
+
+def prepare_upload(data: bytes, cfg: DetectorConfig, limits: Limits) -> Prepared:
+    """models.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it."""
+    return _service_errors(prepare, data, cfg, limits)
+
+
+def decode_upload(data: bytes, limits: Limits):
+    """models.prepare.decode (size check + decode -> RGB image, facts) with ServiceErrors."""
+    return _service_errors(decode, data, limits)
 
 
 def image_facts(facts: ImageFacts) -> dict:
@@ -31,15 +41,21 @@ def image_facts(facts: ImageFacts) -> dict:
     return out
 
 
-def verdict(probability: float, facts: ImageFacts, cfg: DetectorConfig, model: dict) -> dict:
+def verdict(probability: float, facts: ImageFacts, cfg: DetectorConfig, model: dict,
+            provenance: dict | None = None) -> dict:
     score = float(probability)
-    return {
-        "label": label_for(score, cfg),
+    label, reason = decide(score, cfg, provenance)
+    out = {
+        "label": label,
+        "reason": reason,  # "model", or "declared" when the file's own metadata declares generative AI
         "score": score,
         **describe(cfg),
         "model": model,
         "image": image_facts(facts),
     }
+    if provenance is not None:
+        out["provenance"] = provenance
+    return out
 
 
 def item_error(err: ServiceError) -> dict:

@@ -1,7 +1,8 @@
 """Score output (JSONL, CSV or Parquet, chosen by OUT's extension) and crash-safe resume state.
 
 One row per input: path, score, label, threshold, model, model_version, width, height,
-error. A job writing OUT keeps its state in `OUT.partial/`:
+error, reason ("model" or "declared"), provenance and detail (JSON text: the file's
+provenance block; the faces or the video timeline when those modes ran). A job writing OUT keeps its state in `OUT.partial/`:
 
 - `job.json`: what the job is (model name/version, input fingerprint, format, filter);
   a rerun with a different model or input list is refused unless --overwrite.
@@ -34,7 +35,8 @@ from typing import Any
 
 from models.atomic import atomic_write, atomic_write_text
 
-COLUMNS = ("path", "score", "label", "threshold", "model", "model_version", "width", "height", "error")
+COLUMNS = ("path", "score", "label", "threshold", "model", "model_version", "width", "height", "error",
+           "reason", "provenance", "detail")
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 STATE_SUFFIX = ".partial"
 
@@ -64,6 +66,9 @@ def arrow_schema():
             ("width", pa.int64()),
             ("height", pa.int64()),
             ("error", pa.string()),
+            ("reason", pa.string()),
+            ("provenance", pa.string()),
+            ("detail", pa.string()),
         ]
     )
 
@@ -91,7 +96,7 @@ def _encode(rows: list[dict[str, Any]], fmt: str, header: bool = False) -> bytes
 
 
 def _decode_csv_value(column: str, text: str) -> Any:
-    if text == "" and column in ("score", "label", "width", "height", "error"):
+    if text == "" and column in ("score", "label", "width", "height", "error", "reason", "provenance", "detail"):
         return None
     if column in ("score", "threshold"):
         return float(text)

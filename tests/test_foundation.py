@@ -116,5 +116,5 @@ def test_detector_scores_pixel_and_float_views_alike(tiny_checkpoint):
     pixels = [eval_pixels(im, pre) for im in imgs]
     floats = [eval_views(im, pre) for im in imgs]
     np.testing.assert_array_equal(det.probabilities_from_views(pixels), det.probabilities_from_views(floats))
-    with pytest.raises(ValueError, match="eval_pixels"):
-        det.probabilities_from_views([pixels[0], floats[1]])
+    mixed = det.probabilities_from_views([pixels[0], floats[1], pixels[2]])  # the scorer mixes them
+    np.testing.assert_array_equal(mixed, det.probabilities_from_views(floats))

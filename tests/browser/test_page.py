@@ -2,8 +2,9 @@
 
 Files are made at test time and uploaded through the page's own file input; the tests read
 the API answers the page actually received and assert that the cards, the table and the
-downloaded CSV show exactly those. Parts of the API that this server does not have yet
-(provenance, faces, heatmaps, video) are exercised by answers the test shapes from a real one.
+downloaded CSV show exactly those. Evidence answers the tiny test model cannot produce (a
+declared file, faces, heatmaps, a video timeline) are exercised by answers the test shapes
+from a real one.
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ def test_cards_table_and_csv_show_what_the_api_answered(page, files):
             left = c.locator(f".scorebar {part}").evaluate("e => e.style.left")
             assert float(left.rstrip("%")) == pytest.approx(value * 100, abs=0.006), part
         assert f"{api['score']:.3f}" in c.locator(".scorebar .track").get_attribute("aria-label")
-        # what this server does not answer is not shown
-        for part in (".provenance", ".face-list", ".timeline", ".heat-toggle"):
+        # every answer now carries provenance (none declared here); what it did not answer is not shown
+        assert "not evidence" in c.locator(".provenance").inner_text()
+        for part in (".face-list", ".timeline"):
             assert c.locator(part).is_hidden(), part
         cells = [td.inner_text() for td in row.locator("th, td").all()]
         assert cells[:3] == [name, api["label"], f"{api['score']:.3f}"]
@@ -155,7 +157,7 @@ def test_errors_are_shown_in_words(page, files):
         "notes.jpg": (415, "not an image the service can read"),
         "cut.png": (422, "looks damaged or incomplete"),
     }
-    # the clip is not among them: this server has no /detect_video, so the page sent it nowhere
+    # the clip went to /detect_video and came back 415 too (its bytes are not a video)
     answers = {r.status: r.json()["error"] for r in responses}
     assert sorted(answers) == [413, 415, 422]
     for name, (status, words) in expected.items():
@@ -165,7 +167,8 @@ def test_errors_are_shown_in_words(page, files):
         # the server's own message stays available as a detail
         assert answers[status]["message"] in c.locator(".error-detail").inner_text()
         assert c.get_by_role("button", name="Try again").is_visible()
-    assert "does not score videos" in card(page, "clip.mp4").locator(".error-text").inner_text()
+    # the server scores videos (/detect_video); these bytes are not one, and the page says so
+    assert "not a video the service can read" in card(page, "clip.mp4").locator(".error-text").inner_text()
 
     # overload: the service answers 503 + Retry-After; the page says when to retry and can retry
     def busy(route):
@@ -213,7 +216,7 @@ def test_page_is_open_and_the_api_stays_protected(page_server):
     assert "default-src 'self'" in httpx.get(page_server + "/").headers["content-security-policy"]
     config = httpx.get(page_server + "/page/config.json").json()
     assert config["api_keys"] is True and config["max_bytes"] == MAX_BYTES
-    assert config["routes"]["/detect"] == ["image"]
+    assert config["routes"]["/detect"] == ["faces", "image"]
     assert httpx.post(page_server + "/", files={"image": ("a.png", b"x")}).status_code == 401
     assert httpx.post(page_server + "/detect", files={"image": ("a.png", b"x")}).status_code == 401
     assert httpx.get(page_server + "/docs.json").status_code == 401
