@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU checks for a session with a lent GPU: one prepared script, at most 7 minutes wall time.
 #
-#   bash bench/gpu_wheels.sh                # here: BentoML + the deps the GPU image lacks -> .whl/ (~7 MiB)
+#   bash bench/gpu_wheels.sh                # here: BentoML, C2PA + the deps the GPU image lacks -> .whl/ (27 MiB)
 #   bash bench/gpu_check.sh                 # there, from the repo root, with `.whl` carried
 #   bash bench/gpu_check.sh --dry-run       # here (CPU): every section at tiny sizes, same entry points
 #   bash bench/gpu_check.sh --legacy        # also the older runtimes/serve/training sections (~12 min)

@@ -122,7 +122,9 @@ def start(name: str, model: Path, log_dir: Path, repo: Path = REPO, device: str 
     port = free_port()
     # Own BENTOML_HOME per server: BentoML keeps its Prometheus multiprocess files there, and a
     # shared one would mix every server's (and any other local server's) batch histograms.
-    env = {**os.environ, "PYTHONPATH": str(repo), "BENTOML_HOME": str(log_dir / f"bentoml-{name}"), **extra}
+    # The repo first, then what the caller had (gpu_check.sh puts carried wheels there).
+    path = os.pathsep.join(p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "BENTOML_HOME": str(log_dir / f"bentoml-{name}"), **extra}
     if kind == "bento":
         cmd = [sys.executable, "-m", "models.commands", "serve", "--model", str(model), "--port", str(port),
                "--device", device]
