@@ -76,7 +76,7 @@ def model_flops(model: torch.nn.Module, size: int, device: str) -> float:
     x = torch.zeros(1, 3, size, size, device=device)
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
-        model.float()(x)
+        model.float().to(device)(x)  # the FLOP count runs where the input is
     return float(counter.get_total_flops())
 
 

@@ -134,6 +134,7 @@ def start(name: str, model: Path, log_dir: Path, repo: Path = REPO, device: str 
                "--log-level", "warning"]
     log = open(log_dir / f"{name}.log", "wb")
     proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc.log_path = log_dir / f"{name}.log"  # shown when the server dies before it is ready
     return proc, f"http://127.0.0.1:{port}"
 
 
@@ -141,7 +142,8 @@ def wait_ready(proc: subprocess.Popen, url: str, probe: str, timeout: float = 42
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server for {url} exited with {proc.returncode}")
+            tail = Path(proc.log_path).read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"server for {url} exited with {proc.returncode}; its log ends:\n{tail}")
         try:
             if httpx.get(url + probe, timeout=2).status_code == 200:
                 return
