@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib
 import os
 import sys
+import tomllib
 from importlib.metadata import entry_points
+from pathlib import Path
 
 GROUP = "fakelens.commands"
 # Exit statuses every subcommand shares (README "Exit statuses"); 130 is an interrupt.
@@ -28,13 +31,26 @@ EXIT_DISK_FULL = 3  # no space left: free some, rerun the same command
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fakelens", description="Detect AI-generated and manipulated images.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    found = sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
+    for _name, target in sorted(command_modules().items()):
+        module, _, attr = target.partition(":")
+        getattr(importlib.import_module(module), attr)(sub)
+    return parser
+
+
+def command_modules() -> dict[str, str]:
+    """name -> "module:register". A source checkout reads its own pyproject.toml (current even
+    when the installed metadata is stale, and works uninstalled, e.g. with only PYTHONPATH set);
+    an installed wheel reads its entry points."""
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if pyproject.is_file():
+        table = tomllib.loads(pyproject.read_text()).get("project", {}).get("entry-points", {}).get(GROUP)
+        if table:
+            return dict(table)
+    found = {ep.name: ep.value for ep in entry_points(group=GROUP)}
     if not found:
         raise SystemExit(f"fakelens: no subcommands are registered (entry-point group {GROUP!r}); "
-                         "install the package first: pip install -e .")
-    for ep in found:
-        ep.load()(sub)
-    return parser
+                         "install the package: pip install -e .")
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
