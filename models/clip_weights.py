@@ -13,7 +13,6 @@ as safetensors, so it loads with `strict=True` into timm
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import subprocess
@@ -43,11 +42,9 @@ def cache_dir() -> Path:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from models.metadata import file_sha256
+
+    return file_sha256(path)
 
 
 def fetch_wheel(dest: Path) -> Path:
