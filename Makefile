@@ -51,7 +51,11 @@ browser:
 test: setup browser
 	$(BIN)/ruff check .
 	PYTHONPATH=. $(BIN)/lint-imports
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not isolated"
+	# NOTE: the kill -9/resume test crashed the suite's long-lived process (SIGSEGV) after 281 other
+	# tests with every runtime loaded, and never alone or with any half of the suite; it runs in a
+	# fresh process until that is understood.
+	$(BIN)/python -m pytest -q -m isolated
 
 clean-demo:
 	rm -rf $(DEMO)

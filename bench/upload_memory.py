@@ -68,7 +68,9 @@ def main() -> None:
     model = tiny_model(work / "model")
     port = free_port()
     repo = Path(args.repo)
-    module = "fakelens" if (repo / "fakelens" / "cli.py").exists() else "service.cli"
+    # --repo may point at an older checkout (before/after runs): use whichever CLI module it has.
+    module = next((m for m, f in (("models.commands", "models/commands.py"), ("fakelens", "fakelens/cli.py"))
+                   if (repo / f).exists()), "service.cli")
     env = {**os.environ, "PYTHONPATH": str(repo), "BENTOML_HOME": str(work / "bentoml"),
            "FAKELENS_MAX_REQUEST_BYTES": str((args.request_mb + 4) * 2**20)}
     proc = subprocess.Popen([sys.executable, "-m", module, "serve", "--model", str(model), "--port", str(port),
