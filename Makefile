@@ -51,10 +51,12 @@ browser:
 test: setup browser
 	$(BIN)/ruff check .
 	PYTHONPATH=. $(BIN)/lint-imports
-	$(BIN)/python -m pytest -q -m "not isolated"
-	# NOTE: the kill -9/resume test crashed the suite's long-lived process (SIGSEGV) after 281 other
-	# tests with every runtime loaded, and never alone or with any half of the suite; it runs in a
-	# fresh process until that is understood.
+	# FIXME: one pytest process for the whole suite segfaulted (native code, no Python traceback)
+	# at its end or in the kill -9 test, with the page's Playwright/Chromium session alive from the
+	# start; no half of the suite reproduces it. Until that is pinned down, the browser tests and
+	# the kill -9 test run in pytest processes of their own.
+	$(BIN)/python -m pytest -q -m "not isolated" --ignore=tests/browser
+	$(BIN)/python -m pytest -q tests/browser
 	$(BIN)/python -m pytest -q -m isolated
 
 clean-demo:

@@ -70,24 +70,3 @@ def image_folder(tmp_path_factory):
     write_images(root / "jpg", 4, size=(64, 30), seed=2, fmt="JPEG")
     return root
 
-
-# NOTE (FIXME): after the whole suite, with every runtime of earlier tests loaded (OpenVINO, ONNX
-# Runtime, yuface, PyAV, c2pa, Playwright, forkserver workers), the pytest process segfaults in
-# native finalisers at interpreter shutdown, after the summary is printed; Python's faulthandler
-# never fires (a native library owns SIGSEGV), no half of the suite reproduces it, and no test
-# fails. Until the library is pinned down, end the process with the session's own status instead
-# of running those finalisers.
-_EXIT_STATUS: list[int] = []
-
-
-def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS.append(int(exitstatus))
-
-
-def pytest_unconfigure(config):
-    if _EXIT_STATUS and os.environ.get("FAKELENS_TEST_HARD_EXIT", "1") == "1":
-        import sys
-
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(_EXIT_STATUS[-1])
