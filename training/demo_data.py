@@ -146,7 +146,7 @@ def write_demo_dataset(out: str | Path, n: int = 200, seed: int = 0) -> Path:
 
 # Camera photographs bundled with scikit-image (no download): what the shipped default detector
 # is shown on by `make demo`. They are real; the demo has no offline source of real-world fakes.
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left")
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera")
 
 
 def write_demo_photos(out: str | Path) -> Path:
