@@ -179,6 +179,7 @@ def backend_validation(folder: Path, cfg: DetectorConfig, model: torch.nn.Module
     not offered: `auto` will not pick it, since its verdicts would differ from the calibrated ones."""
     from models.preprocess import ImageError, decode_image
     from models.runtime import Detector, ModuleBackend
+    from models.verdict import is_flagged
 
     if len(val) > MAX_VAL_IMAGES:  # evenly spaced subset: deterministic, covers the whole list
         val = [val[i] for i in np.linspace(0, len(val) - 1, MAX_VAL_IMAGES).astype(int)]
@@ -194,7 +195,7 @@ def backend_validation(folder: Path, cfg: DetectorConfig, model: torch.nn.Module
     def measure(backend) -> tuple[dict[str, float], np.ndarray]:
         det = Detector(cfg, backend, str(folder))
         p = np.concatenate([det.probabilities(images[i : i + 32]) for i in range(0, len(images), 32)])
-        flagged = p >= cfg.threshold
+        flagged = is_flagged(p, cfg)
         return {"auc": roc_auc(labels, p), "fpr_at_threshold": float(flagged[labels == 0].mean()),
                 "tpr_at_threshold": float(flagged[labels == 1].mean())}, p
 

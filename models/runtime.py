@@ -24,6 +24,7 @@ from models import quantize as _quantize
 from models.backends import SPECS, BackendSpec, ModuleBackend  # noqa: F401  (ModuleBackend re-exported)
 from models.config import DetectorConfig
 from models.preprocess import average_views, calibrated_probability, eval_pixels, normalize_views
+from models.verdict import is_flagged
 
 
 class Backend(Protocol):
@@ -96,7 +97,7 @@ class Detector:
         return calibrated_probability(self.logits(images), self.config.temperature)
 
     def is_synthetic(self, probabilities: np.ndarray) -> np.ndarray:
-        return np.asarray(probabilities) >= self.config.threshold
+        return is_flagged(probabilities, self.config)
 
     @property
     def info(self) -> dict[str, str]:
