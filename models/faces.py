@@ -14,6 +14,7 @@ image is scored and the answer says so.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,13 @@ DETECT_MAX_SIDE = 640
 MIN_CONFIDENCE = 0.6
 MAX_FACES = 16
 MARGIN = 0.3  # of the box size, added on each side: hairline, ears and jaw edges carry blending traces
+
+# yuface's pybind11 binding initialises a C++ function-local static on its first call, and that
+# initialiser imports a Python module: a second thread entering meanwhile holds the GIL while it
+# waits on the static's guard, the first waits for the GIL, and both hang for good (seen in CI,
+# and in about 1 of 5 fresh processes with 8 threads). Taking a Python lock first waits with the
+# GIL released. One detection is a few ms on a <=640 px image, so serialising costs little.
+_DETECT_LOCK = threading.Lock()
 
 
 def _import_yuface() -> None:
@@ -64,7 +72,8 @@ def find_faces(img: Image.Image, min_confidence: float = MIN_CONFIDENCE, max_fac
     small = img if scale == 1.0 else img.resize(
         (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR)
     bgr = np.ascontiguousarray(np.asarray(small.convert("RGB"), dtype=np.uint8)[..., ::-1])
-    confs, boxes, _ = yuface.detect(bgr, conf=min_confidence)
+    with _DETECT_LOCK:
+        confs, boxes, _ = yuface.detect(bgr, conf=min_confidence)
     faces = []
     for conf, (x, y, w, h) in sorted(zip(confs.tolist(), boxes.tolist(), strict=True), key=lambda t: -t[0]):
         x0, y0 = max(0, round(x / scale)), max(0, round(y / scale))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 from PIL import Image
 
@@ -21,6 +24,41 @@ def test_finds_the_astronauts_face_in_native_pixels():
     # A 4x upscale is detected on a downscaled copy, and the box comes back in its own pixels.
     big = find_faces(img.resize((2048, 2048)))
     assert len(big) == 1 and all(abs(a - 4 * b) < 40 for a, b in zip(big[0].box, faces[0].box, strict=True))
+
+
+def test_detection_is_never_entered_by_two_threads_at_once(monkeypatch):
+    """yuface's first call deadlocks when a second thread enters it (a C++ static guard held across a
+    Python import), so the scorer's decode threads must take turns inside it."""
+    import yuface
+
+    real, inside, most = yuface.detect, [0], [0]
+    count = threading.Lock()
+
+    def counting_detect(img, conf=0.5):
+        with count:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.02)  # long enough for every other thread to arrive
+        try:
+            return real(img, conf=conf)
+        finally:
+            with count:
+                inside[0] -= 1
+
+    monkeypatch.setattr(yuface, "detect", counting_detect)
+    img, start = astronaut().resize((128, 128)), threading.Barrier(6)
+    found: list[int] = []
+
+    def detect_once():
+        start.wait()
+        found.append(len(find_faces(img)))
+
+    threads = [threading.Thread(target=detect_once) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(found) == 6 and most[0] == 1
 
 
 def test_crop_keeps_native_resolution_with_margin():
