@@ -51,15 +51,7 @@ browser:
 test: setup browser
 	$(BIN)/ruff check .
 	PYTHONPATH=. $(BIN)/lint-imports
-	# FIXME: one pytest process for the whole suite segfaults in native code (no Python traceback)
-	# at its end, or earlier in the kill -9 test, once every earlier test's runtimes are loaded;
-	# no half of the suite reproduces it and no test fails. Until it is pinned down, the suite
-	# runs as several pytest processes (the same tests, in the same order).
-	$(BIN)/python -m pytest -q tests/test_[a-r]*.py
-	$(BIN)/python -m pytest -q tests/test_s*.py
-	$(BIN)/python -m pytest -q -m "not isolated" tests/test_[t-z]*.py
-	$(BIN)/python -m pytest -q tests/browser
-	$(BIN)/python -m pytest -q -m isolated
+	$(BIN)/python -m pytest -q tests
 
 clean-demo:
 	rm -rf $(DEMO)

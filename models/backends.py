@@ -16,6 +16,7 @@ the factories so importing the table is cheap.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -173,23 +174,36 @@ def torchscript_backend(folder: Path, cfg: DetectorConfig, device: str) -> Torch
     return TorchScriptBackend(_spec_artifact(folder, "torchscript"), cfg, device)
 
 
-def cpu_has_bf16() -> bool:
-    """True where OpenVINO can run bf16 natively (AMX / AVX512-BF16 CPUs)."""
+@functools.cache
+def openvino_core():
+    """The process's one OpenVINO Core, never released.
+
+    Compiling on a CPU with AMX, OpenVINO's CPU plugin gives the calling thread a signal stack
+    of its own (sigaltstack, 11.5 KB) and frees it when the plugin goes away with the last Core.
+    When that happened on another thread (a Core dropped by the garbage collector there), the
+    main thread kept pointing at the freed stack, and the next signal it handled (SIGCHLD of a
+    subprocess) killed the process with SIGSEGV from the kernel (si_code SI_KERNEL), with no
+    traceback: seen at the end of the full test suite. One Core that lives as long as the
+    process keeps that stack valid, and saves re-creating the plugin for every model.
+    """
     import openvino as ov
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return ov.Core()
+
+
+def cpu_has_bf16() -> bool:
+    """True where OpenVINO can run bf16 natively (AMX / AVX512-BF16 CPUs)."""
+    return "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVinoBackend:
     """OpenVINO CPU plugin reading model.onnx; `precision` is the inference precision hint."""
 
     def __init__(self, path: Path, cfg: DetectorConfig, device: str, name: str, precision: str):
-        import openvino as ov
-
         if device != "cpu":
             raise ValueError(f"backend {name!r} runs on CPU only; use device='cpu' or backend 'onnx'/'torchscript'")
         self.name, self.device, self.precision = name, device, precision
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(path))
         except Exception as e:  # OpenVINO raises RuntimeError subclasses for unreadable files

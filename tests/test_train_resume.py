@@ -56,7 +56,6 @@ def test_resume_refuses_changed_settings(demo, tmp_path):
         train(cfg(demo, tmp_path / "run", max_steps=2, epochs=1, resume=True, lr=1e-2))
 
 
-@pytest.mark.isolated
 def test_resume_after_kill_9_mid_run(demo, tmp_path):
     """A real SIGKILL while the run writes checkpoints every step, then --resume."""
     import os

@@ -110,8 +110,10 @@ class TapExtractor:
             try:
                 import openvino as ov
 
+                from models.backends import openvino_core
+
                 model = ov.convert_model(self.taps, example_input=torch.zeros(1, 3, size, size))
-                self.compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+                self.compiled = openvino_core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
             except ImportError:
                 if engine == "openvino":
                     raise
