@@ -5,6 +5,7 @@
 #   bash bench/gpu_check.sh                 # there, from the repo root, with `.whl` carried
 #   bash bench/gpu_check.sh --dry-run       # here (CPU): every section at tiny sizes, same entry points
 #   bash bench/gpu_check.sh --legacy        # also the older runtimes/serve/training sections (~12 min)
+#   bash bench/gpu_check.sh --sections serve-batch,serve   # only these sections (a short device budget)
 #
 # Sections, each under its own `timeout` and printing its own table; every timeout is also
 # capped by what is left of the 7-minute total, so the script always ends in time:
@@ -14,6 +15,8 @@
 #   pixels  the batched model path of the service/scorer without HTTP: uint8 views -> GPU ->
 #           normalise -> model, vs the model alone (same eager fp32 backend)
 #   decode  JPEG decode + crop + normalise: torchvision.io.decode_jpeg(device="cuda") vs Pillow threads
+#   serve-batch  the same server fed /detect_batch requests of 32 images from 4 client processes, with
+#           the CPU ms per image of the front, the model process and the clients (where a front's limit is)
 #   serve   `fakelens serve` with adaptive batching on the GPU, 64 clients (bench/serve_load.py), when
 #           BentoML is importable (from .whl/); otherwise says so (the pixels section is the no-HTTP figure)
 #   score   `fakelens score`'s local engine --device cuda on generated JPEGs vs model-only
@@ -21,13 +24,15 @@
 # Targets (issue 12): vit_small model-only >= 20,000 img/s; served >= 0.8x model-only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-DRY=0; LEGACY=0
-for a in "$@"; do
-  case "$a" in
+DRY=0; LEGACY=0; SECTIONS=model,pixels,decode,serve-batch,serve,score
+while [ $# -gt 0 ]; do
+  case "$1" in
     --dry-run) DRY=1 ;;
     --legacy) LEGACY=1 ;;
-    *) echo "gpu_check.sh: unknown argument $a (use --dry-run or --legacy)" >&2; exit 2 ;;
+    --sections) SECTIONS=$2; shift ;;
+    *) echo "gpu_check.sh: unknown argument $1 (use --dry-run, --legacy or --sections a,b)" >&2; exit 2 ;;
   esac
+  shift
 done
 TOTAL_S=${TOTAL_S:-410}  # 7 minutes less a margin for the machine's own start/stop
 PY=${PY:-.venv/bin/python}
@@ -54,6 +59,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # run NAME LIMIT_S CMD...: one section under min(LIMIT_S, time left) seconds
 run() {
   local name=$1 limit=$2; shift 2
+  case ",$SECTIONS," in *",$name,"*) ;; *) return ;; esac
   local left=$((TOTAL_S - SECONDS))
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 10 ]; then echo "# section $name skipped: the 7-minute budget is spent"; return; fi
@@ -88,6 +94,9 @@ if [ "$DRY" = 0 ]; then
   if "$PY" -c 'import bentoml' 2>/dev/null; then
     # 8 front workers decode on the CPU; the model process batches up to 256 on the GPU.
     FAKELENS_WORKERS=8 FAKELENS_MAX_BATCH_SIZE=256 FAKELENS_MAX_INFLIGHT=512 \
+      run serve-batch 100 "$PY" -m bench.serve_load --arch vit_small_patch16_224 --device cuda --model-batch 256 \
+      --servers batched --concurrency 16 --requests 240 --rounds 2 --per-request 32 --client-procs 4
+    FAKELENS_WORKERS=8 FAKELENS_MAX_BATCH_SIZE=256 FAKELENS_MAX_INFLIGHT=512 \
       run serve 100 "$PY" -m bench.serve_load --arch vit_small_patch16_224 --device cuda --model-batch 256 \
       --servers batched --concurrency 64 --requests 1500 --rounds 3
   else
@@ -105,6 +114,9 @@ else
   FAKELENS_WORKERS=1 FAKELENS_MAX_BATCH_SIZE=8 \
     run serve 120 "$PY" -m bench.serve_load --arch vit_tiny_patch16_224 --device cpu --model-batch 8 \
     --servers batched --concurrency 4 --requests 16 --rounds 1
+  FAKELENS_WORKERS=1 FAKELENS_MAX_BATCH_SIZE=8 \
+    run serve-batch 120 "$PY" -m bench.serve_load --arch vit_tiny_patch16_224 --device cpu --model-batch 8 \
+    --servers batched --concurrency 2 --requests 8 --rounds 1 --per-request 4 --client-procs 2
   run score 90 "$PY" bench/score_throughput.py --device cpu --no-export --arch vit_tiny_patch16_224 \
     --n 24 --batch-size 8 --workers 2 --rounds 1
 fi

@@ -5,6 +5,8 @@
     .venv/bin/python -m bench.serve_load --servers batched,latency50   # show the 50 ms trap
     .venv/bin/python -m bench.serve_load --servers batched --baseline /tmp/base --concurrency 32
         # adds server "base": the same service run from another checkout (before/after, one run)
+    .venv/bin/python -m bench.serve_load --servers batched --per-request 16 --client-procs 2
+        # /detect_batch with 16 images per request, load from 2 client processes
 
 Saves a random-weight vit_tiny_patch16_224 (224 px) model folder to a temp dir, measures
 the model alone (eager, batch 1 and batch 32), starts every server as a subprocess on
@@ -14,6 +16,13 @@ alike; the model-only batch-32 rate is measured again between rounds (servers id
 the "served / model-only" ratio compares figures taken under the same load. Prints img/s
 (median over rounds), p50/p99 latency, 503/other-error counts, peak RSS of each server's
 process tree, ratios to the naive baseline and served img/s as a fraction of model-only.
+
+It also prints the CPU each side spends per answered image (psutil CPU times of the
+server's front workers, its model process and the rest of its tree, and of the load
+generator itself), summed over the measured rounds. CPU ms per image does not depend on how
+busy the shared machine is the way img/s does, and it says what a front costs: a front
+worker that needs F ms of CPU per image cannot pass more than 1000/F img/s to the model,
+however fast the GPU behind it.
 """
 
 from __future__ import annotations
@@ -60,6 +69,19 @@ class Tally:
     overloaded: int = 0
     errors: int = 0
     error_statuses: dict[int, int] = field(default_factory=dict)  # -1: transport error
+    images: int = 0  # answered images (a /detect_batch request answers several)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # role -> CPU seconds in the measured rounds
+
+    def merge(self, other: Tally) -> None:
+        self.latencies += other.latencies
+        self.server_ms += other.server_ms
+        self.overloaded += other.overloaded
+        self.errors += other.errors
+        self.images += other.images
+        for k, v in other.error_statuses.items():
+            self.error_statuses[k] = self.error_statuses.get(k, 0) + v
+        for k, v in other.cpu_s.items():
+            self.cpu_s[k] = self.cpu_s.get(k, 0.0) + v
 
 
 def save_model(folder: Path, arch: str = "vit_tiny_patch16_224") -> None:
@@ -196,8 +218,17 @@ class RssSampler(threading.Thread):
                 self.peak[name] = max(self.peak[name], rss)
 
 
-async def load(url: str, images: list[bytes], requests: int, clients: int, tally: Tally) -> None:
+def request_files(images: list[bytes], i: int, per_request: int) -> list:
+    if per_request == 1:
+        return [("image", (f"{i}.jpg", images[i % len(images)]))]
+    return [("images", (f"{i}-{j}.jpg", images[(i + j) % len(images)])) for j in range(per_request)]
+
+
+async def load(url: str, images: list[bytes], requests: int, clients: int, tally: Tally,
+               per_request: int = 1) -> None:
+    """`requests` requests from `clients` closed-loop clients; /detect_batch when per_request > 1."""
     queue = list(range(requests))
+    route = "/detect" if per_request == 1 else "/detect_batch"
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
 
@@ -206,13 +237,15 @@ async def load(url: str, images: list[bytes], requests: int, clients: int, tally
                 i = queue.pop()
                 t0 = time.perf_counter()
                 try:
-                    r = await client.post("/detect", files={"image": (f"{i}.jpg", images[i % len(images)])})
+                    r = await client.post(route, files=request_files(images, i, per_request))
                     status = r.status_code
                 except httpx.HTTPError:
                     status = -1
                 if status == 200:
                     tally.latencies.append(time.perf_counter() - t0)
-                    elapsed = r.json().get("elapsed_ms")
+                    answer = r.json()
+                    tally.images += len(answer["results"]) if per_request > 1 else 1
+                    elapsed = answer.get("elapsed_ms")
                     if elapsed is not None:
                         tally.server_ms.append(float(elapsed))
                 elif status in (429, 503):
@@ -221,11 +254,60 @@ async def load(url: str, images: list[bytes], requests: int, clients: int, tally
                     tally.errors += 1
                     tally.error_statuses[status] = tally.error_statuses.get(status, 0) + 1
 
-        ok_before = len(tally.latencies)
-        start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
-        # img/s counts answered images only: a 503 is not throughput
-        tally.rates.append((len(tally.latencies) - ok_before) / (time.perf_counter() - start))
+
+
+def load_in_process(url: str, images: list[bytes], requests: int, clients: int, per_request: int) -> Tally:
+    """One client process's share of a round (its own event loop, its own GIL); returns its tally."""
+    tally, cpu0 = Tally(), time.process_time()
+    asyncio.run(load(url, images, requests, clients, tally, per_request))
+    tally.cpu_s["client"] = time.process_time() - cpu0
+    return tally
+
+
+def run_round(url: str, images: list[bytes], requests: int, clients: int, tally: Tally, per_request: int,
+              pool=None, server_pid: int | None = None) -> None:
+    """One measured round: img/s into tally.rates, CPU by role into tally.cpu_s."""
+    cpu0 = cpu_by_role(server_pid) if server_pid else {}
+    start = time.perf_counter()
+    if pool is None:
+        part = load_in_process(url, images, requests, clients, per_request)
+        parts = [part]
+    else:
+        n = pool._max_workers
+        shares = [requests // n + (k < requests % n) for k in range(n)]
+        conc = [max(1, clients // n + (k < clients % n)) for k in range(n)]
+        parts = list(pool.map(load_in_process, [url] * n, [images] * n, shares, conc, [per_request] * n))
+    wall = time.perf_counter() - start
+    cpu1 = cpu_by_role(server_pid) if server_pid else {}
+    images_before = tally.images
+    for part in parts:
+        tally.merge(part)
+    for role, seconds in cpu1.items():
+        tally.cpu_s[role] = tally.cpu_s.get(role, 0.0) + seconds - cpu0.get(role, 0.0)
+    # img/s counts answered images only: a 503 is not throughput
+    tally.rates.append((tally.images - images_before) / wall)
+
+
+def process_role(p: psutil.Process) -> str:
+    """front (BentoML worker of the public service), model (DetectorModel's worker) or other."""
+    cmd = " ".join(p.cmdline())
+    if "_bentoml_impl.worker" not in cmd:
+        return "other"
+    return "model" if "fakelens-model" in cmd or "DetectorModel" in cmd else "front"
+
+
+def cpu_by_role(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by a server's process tree, by role."""
+    out: dict[str, float] = {}
+    for p in tree_of(pid):
+        try:
+            t = p.cpu_times()
+            role = process_role(p)
+        except psutil.NoSuchProcess:
+            continue
+        out[role] = out.get(role, 0.0) + t.user + t.system
+    return out
 
 
 def report(results, peak, model_rates, names, conc) -> None:
@@ -307,7 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arch", default="vit_tiny_patch16_224", help="timm model (random weights)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: the servers' model process and model-only")
     ap.add_argument("--model-batch", type=int, default=32, help="batch size of the model-only reference")
+    ap.add_argument("--per-request", type=int, default=1,
+                    help="images per request: 1 posts to /detect, more to /detect_batch")
+    ap.add_argument("--client-procs", type=int, default=1,
+                    help="load-generator processes (the clients are split over them; 1 = in this process)")
     args = ap.parse_args(argv)
+    if args.per_request > 1 and "naive" in args.servers.split(","):
+        ap.error("the naive app has no /detect_batch: use --servers without naive with --per-request > 1")
     names = args.servers.split(",")
     repos = dict.fromkeys(names, REPO)
     if args.baseline:
@@ -326,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         model_only = ModelOnly(model, images, args.device, args.model_batch)
         model_only.measure()
         procs = {name: start(name, model, Path(tmp), repos[name], args.device) for name in names}
+        clients = client_pool(args.client_procs)
         try:
             for name, (proc, url) in procs.items():
                 wait_ready(proc, url, "/readyz" if SERVERS[name][0] == "bento" else "/docs")
@@ -333,14 +422,16 @@ def main(argv: list[str] | None = None) -> int:
             sampler.start()
             results = {(n, c): Tally() for n in names for c in conc}
             metrics = {}
+            k = args.per_request
             for c in conc:
                 per_round = max(1, args.requests // args.rounds)
                 for name in names:  # warm every server at this concurrency before measuring
-                    asyncio.run(load(procs[name][1], images, min(per_round, 2 * c), c, Tally()))
+                    asyncio.run(load(procs[name][1], images, min(per_round, 2 * c), c, Tally(), k))
                 before = {n: model_metrics(procs[n][1]) for n in names if SERVERS[n][0] == "bento"}
                 for _ in range(args.rounds):
                     for name in names:
-                        asyncio.run(load(procs[name][1], images, per_round, c, results[name, c]))
+                        run_round(procs[name][1], images, per_round, c, results[name, c], k, clients,
+                                  procs[name][0].pid)
                     model_only.measure((args.model_batch,))
                 for n in before:
                     metrics[n, c] = (before[n], model_metrics(procs[n][1]))
@@ -348,9 +439,14 @@ def main(argv: list[str] | None = None) -> int:
             sampler.done.set()
             sampler.join()
         finally:
+            if clients is not None:
+                clients.shutdown()
             for proc, _ in procs.values():
                 stop(proc)
+    print(f"\n{k} image(s) per request ({'/detect' if k == 1 else '/detect_batch'}), "
+          f"load from {args.client_procs} client process(es)")
     report(results, sampler.peak, model_only.median(), names, conc)
+    cpu_report(results, names, conc)
     rates = model_only.median()
     from bench.gpu_bench import ceiling_line
 
@@ -360,8 +456,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'server':<10} {'clients':>7} {'client ms':>9} {'HTTP+parse':>10} {'server ms':>9} {'decode':>8} "
           f"{'queue + hop':>13} {'batch ms':>9} {'batch':>6} {'ms/img':>8} {'alone ms/img':>10}")
     for (n, c), (before, after) in metrics.items():
-        breakdown(n, c, results[n, c], before, after, decode, rates[max(rates)])
+        breakdown(n, c, results[n, c], before, after, decode * k, rates[max(rates)])
     return 0
+
+
+def client_pool(procs: int):
+    if procs <= 1:
+        return None
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"))
+
+
+def cpu_report(results, names, conc) -> None:
+    """CPU ms per answered image by role, over the measured rounds (load-independent, unlike img/s)."""
+    roles = ("front", "model", "other", "client")
+    print("\nCPU ms per answered image (psutil user+system over the measured rounds; "
+          "front = the public service's workers, model = DetectorModel's process, client = the load generator)")
+    head = f"{'server':<10} {'clients':>7} " + " ".join(f"{r:>8}" for r in roles) + f" {'front img/s/core':>16}"
+    print(head)
+    print("-" * len(head))
+    for c in conc:
+        for name in names:
+            t = results[name, c]
+            per = {r: 1000 * t.cpu_s.get(r, 0.0) / max(t.images, 1) for r in roles}
+            cap = f"{1000 / per['front']:>16.0f}" if per["front"] > 0 else f"{'-':>16}"
+            print(f"{name:<10} {c:>7} " + " ".join(f"{per[r]:>8.2f}" for r in roles) + cap)
 
 
 if __name__ == "__main__":
