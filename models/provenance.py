@@ -87,8 +87,26 @@ def _c2pa_context(trust_anchors: str | None):
     return c2pa.Context(c2pa.Settings.from_json(json.dumps(settings)))
 
 
+# Byte strings every file with C2PA data holds: the manifest store's JUMBF box ("jumb") and its
+# "c2pa" label (JPEG APP11, PNG caBX, HEIF/MP4 uuid boxes), WebP's "C2PA" chunk, and XMP's
+# dcterms:provenance, which points to a remote manifest.
+C2PA_MARKERS = (b"c2pa", b"C2PA", b"jumb", b"provenance")
+
+
+def may_hold_c2pa(data: bytes) -> bool:
+    """False when the bytes cannot hold a C2PA manifest or a reference to one.
+
+    Opening c2pa's Reader (a native context, settings and a format parser) cost the service's
+    front more CPU per upload than decoding the image did (docs/performance.md); a scan for
+    the markers runs at memory speed and skips it for the common file with no credentials.
+    """
+    return any(marker in data for marker in C2PA_MARKERS)
+
+
 def read_c2pa(data: bytes, trust_anchors: str | None = None) -> dict:
     """The active C2PA manifest's facts, or {"present": False}."""
+    if not may_hold_c2pa(data):
+        return {"present": False}
     import c2pa
 
     try:

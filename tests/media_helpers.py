@@ -67,16 +67,17 @@ def root_pem(chain: tuple[bytes, bytes]) -> str:
 
 
 def c2pa_signed_jpeg(source_type: str = "trainedAlgorithmicMedia", remote_url: str | None = None,
-                     chain: tuple[bytes, bytes] | None = None) -> bytes:
-    """A JPEG with a C2PA manifest (c2pa Builder) whose c2pa.created action declares `source_type`."""
+                     chain: tuple[bytes, bytes] | None = None, fmt: str = "jpeg") -> bytes:
+    """A JPEG (or `fmt` png/webp) with a C2PA manifest (c2pa Builder) whose c2pa.created action
+    declares `source_type`."""
     import c2pa
 
     chain, private = chain or cert_chain()
     signer = c2pa.Signer.from_info(c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, chain, private, None))
     manifest = {
         "claim_generator_info": [{"name": "fakelens-test", "version": "1"}],
-        "title": "test.jpg",
-        "format": "image/jpeg",
+        "title": f"test.{fmt}",
+        "format": f"image/{fmt}",
         "assertions": [{"label": "c2pa.actions", "data": {"actions": [
             {"action": "c2pa.created", "digitalSourceType": IPTC + source_type}]}}],
     }
@@ -85,8 +86,16 @@ def c2pa_signed_jpeg(source_type: str = "trainedAlgorithmicMedia", remote_url: s
         if remote_url:
             builder.set_no_embed()
             builder.set_remote_url(remote_url)
-        builder.sign(signer, "image/jpeg", io.BytesIO(jpeg_bytes(seed=3)), out)
+        builder.sign(signer, f"image/{fmt}", io.BytesIO(_encoded(jpeg_bytes(seed=3), fmt)), out)
     return out.getvalue()
+
+
+def _encoded(jpeg: bytes, fmt: str) -> bytes:
+    if fmt == "jpeg":
+        return jpeg
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(jpeg)).save(buf, fmt.upper())
+    return buf.getvalue()
 
 
 def tampered(data: bytes) -> bytes:

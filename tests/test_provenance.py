@@ -114,3 +114,24 @@ def test_decide_declared_overrides_the_model_but_never_makes_real():
     assert decide(None, cfg, declared) == ("synthetic", "declared")
     with pytest.raises(ValueError):
         decide(None, cfg, None)
+
+
+@pytest.mark.parametrize("fmt", ["png", "webp"])
+def test_manifests_in_png_and_webp_are_read(fmt):
+    prov = read_provenance(c2pa_signed_jpeg(fmt=fmt))
+    assert prov["c2pa"]["status"] == "untrusted_signer" and prov["declared_ai"] is True
+
+
+def test_files_without_c2pa_markers_never_open_the_reader(monkeypatch):
+    import c2pa
+
+    def no_reader(*args, **kwargs):
+        raise AssertionError("c2pa.Reader opened for a file without C2PA data")
+
+    plain = jpeg_bytes()
+    monkeypatch.setattr(c2pa, "Reader", no_reader)
+    assert read_provenance(plain)["c2pa"] == {"present": False}
+    # a file carrying the markers still goes to the reader
+    with pytest.raises(AssertionError, match="Reader opened"):
+        read_provenance(plain + b"jumb c2pa")
+
