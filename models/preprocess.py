@@ -53,6 +53,9 @@ class ImageFacts:
     frames: int  # >1 for animated or multi-page files; only the first frame is scored
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 def _open(data: bytes) -> Image.Image:
     if not data:
         raise ImageError("empty", "the upload is empty (0 bytes); send the image file's bytes")
@@ -107,7 +110,10 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
     try:
         img.seek(0)
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            # exif_transpose copies the whole image even when there is nothing to turn: only call it
+            # when the EXIF orientation asks for a turn (most uploads carry none)
+            img = ImageOps.exif_transpose(img)
         rgb = _to_rgb(img)
     except Image.DecompressionBombError as e:
         raise ImageError("too_many_pixels", f"image refused as a decompression bomb: {e}") from None

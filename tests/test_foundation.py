@@ -118,3 +118,20 @@ def test_detector_scores_pixel_and_float_views_alike(tiny_checkpoint):
     np.testing.assert_array_equal(det.probabilities_from_views(pixels), det.probabilities_from_views(floats))
     mixed = det.probabilities_from_views([pixels[0], floats[1], pixels[2]])  # the scorer mixes them
     np.testing.assert_array_equal(mixed, det.probabilities_from_views(floats))
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6, 8])
+def test_decode_turns_by_exif_orientation_only_when_asked(orientation):
+    from PIL import ImageOps
+
+    pixels = np.random.default_rng(orientation).integers(0, 256, (36, 48, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", exif=exif)
+    img, facts = decode_image(buf.getvalue())
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+    assert img.size == ((36, 48) if orientation in (6, 8) else (48, 36)) and (facts.width, facts.height) == (48, 36)
+    assert np.array_equal(np.asarray(img), np.asarray(expected))
+    if orientation == 1:
+        assert np.array_equal(np.asarray(img), pixels)
