@@ -139,7 +139,9 @@ def dequantised_state(onnx_model) -> dict[str, torch.Tensor]:
         state[b + "attn.proj.bias"] = fp[p + "self_attn.out_proj.bias"]
         state[b + "mlp.fc1.weight"], state[b + "mlp.fc1.bias"] = linear[f"{i}/mlp/fc1"], fp[p + "mlp.fc1.bias"]
         state[b + "mlp.fc2.weight"], state[b + "mlp.fc2.bias"] = linear[f"{i}/mlp/fc2"], fp[p + "mlp.fc2.bias"]
-    return {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in state.items()}
+    # some arrays are read-only views of the ONNX initialisers: copy those, torch wants writable memory
+    return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C", copy=None if v.flags.writeable else True))
+            for k, v in state.items()}
 
 
 def convert_onnx(onnx_path: Path, out: Path) -> Path:
