@@ -70,6 +70,10 @@ BATCH_SECONDS = bentoml.metrics.Histogram(
 )
 
 
+def read_and_prepare(path: Path, cfg: DetectorConfig) -> Prepared:
+    return prepare_upload(path.read_bytes(), cfg, LIMITS)
+
+
 def warm_up(detector: LoadedDetector, batch_size: int) -> None:
     """Run the model at batch 1 and at a full batch so the first requests pay no lazy init."""
     from PIL import Image
@@ -152,8 +156,8 @@ class Detector:
 
     async def prepared(self, path: Path) -> Prepared:
         cfg = await self.described()
-        data = await anyio.Path(path).read_bytes()
-        return await anyio.to_thread.run_sync(prepare_upload, data, cfg, LIMITS)
+        # one worker-thread hop per upload: read the spooled file and cut its views in the same call
+        return await anyio.to_thread.run_sync(read_and_prepare, path, cfg)
 
     async def scores(self, items: list[Prepared]) -> list[float]:
         if not items:
@@ -223,8 +227,7 @@ class Detector:
 
     async def upload(self, path: Path, plan, *args):
         cfg = await self.described()
-        data = await anyio.Path(path).read_bytes()
-        return cfg, await anyio.to_thread.run_sync(plan, data, cfg, *args)
+        return cfg, await anyio.to_thread.run_sync(lambda: plan(path.read_bytes(), cfg, *args))
 
     async def detect_faces(self, image: Path) -> dict:
         start = time.perf_counter()
