@@ -70,6 +70,15 @@ BATCH_SECONDS = bentoml.metrics.Histogram(
 )
 
 
+async def gather_items(calls) -> list:
+    """Each call's result, or its ServiceError (a bad item gets its own error); other errors raise."""
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    for o in outcomes:
+        if isinstance(o, BaseException) and not isinstance(o, ServiceError):
+            raise o
+    return outcomes
+
+
 def read_and_prepare(path: Path, cfg: DetectorConfig) -> Prepared:
     return prepare_upload(path.read_bytes(), cfg, LIMITS)
 
@@ -199,22 +208,38 @@ class Detector:
         return out
 
     @bentoml.api(route="/detect_batch")
-    async def detect_batch(self, images: list[Path]) -> dict:
-        """Score several images (repeated multipart field `images`); a bad item gets its own error."""
+    async def detect_batch(self, images: list[Path], faces: Flag = False) -> dict:
+        """Score several images (repeated multipart field `images`); a bad item gets its own error.
+
+        faces=true scores each image in face mode, as /detect does (max over its face crops)."""
         start = time.perf_counter()
-        outcomes = await asyncio.gather(*(self.prepared(p) for p in images), return_exceptions=True)
-        for o in outcomes:
-            if isinstance(o, BaseException) and not isinstance(o, ServiceError):
-                raise o
-        good = [o for o in outcomes if isinstance(o, Prepared)]
         try:
-            scores = iter(await self.scores(good))
+            results = await (self.batch_faces(images) if faces else self.batch_plain(images))
         except ServiceError as err:
             return error_response(err)
-        results = [item_error(o) if isinstance(o, ServiceError) else verdict(next(scores), o.facts, self.config,
-                                                                              self.model_info, o.provenance)
-                   for o in outcomes]
         return {"results": results, "elapsed_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    async def batch_plain(self, images: list[Path]) -> list[dict]:
+        outcomes = await gather_items(self.prepared(p) for p in images)
+        scores = iter(await self.scores([o for o in outcomes if isinstance(o, Prepared)]))
+        return [item_error(o) if isinstance(o, ServiceError) else verdict(next(scores), o.facts, self.config,
+                                                                           self.model_info, o.provenance)
+                for o in outcomes]
+
+    async def batch_faces(self, images: list[Path]) -> list[dict]:
+        outcomes = await gather_items(self.upload(p, evidence.plan_face_mode, LIMITS) for p in images)
+        planned = [o[1] for o in outcomes if not isinstance(o, ServiceError)]
+        # every face crop of every image in one stream of batched model calls
+        probs = iter(await self.score_views([v for item in planned for v in item.plan.views]))
+        results = []
+        for o in outcomes:
+            if isinstance(o, ServiceError):
+                results.append(item_error(o))
+                continue
+            cfg, item = o
+            scores = [next(probs) for _ in item.plan.views]
+            results.append(evidence.answer_face_mode(item, scores, cfg, self.model_info))
+        return results
 
     # ---- evidence: face mode, heatmaps, video (logic in models/, glue in service/evidence.py) ----
 

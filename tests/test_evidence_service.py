@@ -93,6 +93,19 @@ def test_face_mode_scores_the_face_crop(http, local):
     assert nobody["faces"]["face_found"] is False and "whole image" in nobody["faces"]["note"]
 
 
+def test_batch_face_mode_answers_each_image_as_detect_does(http):
+    photo, plain = jpeg(astronaut()), jpeg_bytes((96, 96))
+    files = [("images", ("a.jpg", photo)), ("images", ("bad.jpg", b"not an image")), ("images", ("n.jpg", plain))]
+    r = http.post("/detect_batch", files=files, data={"faces": "true"})
+    assert r.status_code == 200, r.text
+    face, bad, nobody = r.json()["results"]
+    single = http.post("/detect", files={"image": ("a.jpg", photo)}, data={"faces": "true"}).json()
+    assert face["faces"]["faces"] == single["faces"]["faces"] and face["score"] == pytest.approx(single["score"])
+    assert bad["error"]["kind"] == "not_image"
+    assert nobody["faces"]["face_found"] is False and "faces" not in http.post(
+        "/detect_batch", files=files[:1]).json()["results"][0]  # plain batch mode stays plain
+
+
 def test_explain_returns_grid_and_overlay(http):
     photo = jpeg_bytes((48, 40), seed=5)
     r = http.post("/explain", files={"image": ("x.jpg", photo)}, data={"grid": "4"})
