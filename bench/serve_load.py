@@ -266,7 +266,7 @@ def load_in_process(url: str, images: list[bytes], requests: int, clients: int, 
 
 
 def run_round(url: str, images: list[bytes], requests: int, clients: int, tally: Tally, per_request: int,
-              pool=None, server_pid: int | None = None) -> None:
+              pool=None, procs: int = 1, server_pid: int | None = None) -> None:
     """One measured round: img/s into tally.rates, CPU by role into tally.cpu_s."""
     cpu0 = cpu_by_role(server_pid) if server_pid else {}
     start = time.perf_counter()
@@ -274,7 +274,7 @@ def run_round(url: str, images: list[bytes], requests: int, clients: int, tally:
         part = load_in_process(url, images, requests, clients, per_request)
         parts = [part]
     else:
-        n = pool._max_workers
+        n = procs
         shares = [requests // n + (k < requests % n) for k in range(n)]
         conc = [max(1, clients // n + (k < clients % n)) for k in range(n)]
         parts = list(pool.map(load_in_process, [url] * n, [images] * n, shares, conc, [per_request] * n))
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                 for _ in range(args.rounds):
                     for name in names:
                         run_round(procs[name][1], images, per_round, c, results[name, c], k, clients,
-                                  procs[name][0].pid)
+                                  args.client_procs, procs[name][0].pid)
                     model_only.measure((args.model_batch,))
                 for n in before:
                     metrics[n, c] = (before[n], model_metrics(procs[n][1]))

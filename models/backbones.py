@@ -62,12 +62,12 @@ def weights_spec(name: str) -> WeightsSpec:
 
 def verified_weights(name: str, expected_sha256: str = "") -> Path:
     """The local weights file for `name`, checked against the sha256 the model was trained with."""
-    from models.clip_weights import sha256_file
+    from models.metadata import file_sha256
 
     spec = weights_spec(name)
     path = spec.fetch()
     want = expected_sha256 or spec.sha256
-    got = sha256_file(path)
+    got = file_sha256(path)
     if got != want:
         raise ValueError(
             f"backbone weights {path} have sha256 {got[:12]}..., but this model was trained on {want[:12]}...; "

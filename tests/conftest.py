@@ -69,4 +69,3 @@ def image_folder(tmp_path_factory):
     write_images(root / "png", 4, size=(40, 48), seed=1)
     write_images(root / "jpg", 4, size=(64, 30), seed=2, fmt="JPEG")
     return root
-

