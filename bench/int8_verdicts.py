@@ -69,10 +69,14 @@ def main(argv: list[str] | None = None) -> int:
                 dets[name].logits_from_views(b)
             rates[name].append(sum(len(b) for b in timed) / (time.perf_counter() - start))
 
+    from bench.gpu_bench import gemm_tflops  # after the timing: torch's import is not in it
+
+    ceiling = gemm_tflops("cpu", 0.5)
     ref = "onnx" if "onnx" in dets else names[0]
     bf16 = "openvino" if "openvino" in dets else ref
     print(f"\n{args.export}: {cfg.arch}, {args.split} split, {len(labels)} images ({int((labels == 0).sum())} real), "
-          f"threshold {cfg.threshold:.3f}; speed: batch {args.batch}, median of {args.rounds} interleaved rounds")
+          f"threshold {cfg.threshold:.3f}; speed: batch {args.batch}, median of {args.rounds} interleaved rounds; "
+          f"bf16 GEMM ceiling of this run {ceiling:.2f} TFLOP/s")
     print(f"| backend | AUC | AUC change vs {ref} | FPR at threshold | FPR move (points) | max abs dprob | img/s | "
           f"x {ref} | x {bf16} |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

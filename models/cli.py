@@ -2,6 +2,7 @@
 
     fakelens export RUN_OR_MODEL_DIR --out EXP [--int8] [--fp16] [--no-store] [--version V] [--data DATA]
                     [--int8-static]
+    fakelens quantize EXP|default --data DATA [--calib 256]
     fakelens models list
     fakelens models show fakelens-detector:latest
 """
@@ -24,10 +25,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17)")
     p.add_argument("--data", help="dataset folder/manifest: measure the int8/fp16 AUC change on its val split")
     p.add_argument("--int8-static", action="store_true",
-                   help="also write model.int8-static.onnx (calibrated on --data's train split) and gate it on "
-                        "its val split; `auto` uses it only if AUC and FPR at the threshold hold (models/quantize.py)")
+                   help="also write static int8 copies (calibrated on --data's train split) and gate them on "
+                        "its val split; `auto` uses one only if AUC and FPR at the threshold hold (models/quantize.py)")
     p.add_argument("--calib", type=int, default=256, help="calibration images for --int8-static (default 256)")
     p.set_defaults(run=run_export)
+
+    q = sub.add_parser("quantize", help="static int8 of an export, offered by `auto` only if it keeps the verdicts "
+                                        "on --data's val split and is faster")
+    q.add_argument("export", help="export folder, or `default` for the built-in detector's cached export")
+    q.add_argument("--data", required=True, help="dataset folder/manifest: train split calibrates, val split gates")
+    q.add_argument("--calib", type=int, default=256, help="calibration images (default 256)")
+    q.set_defaults(run=run_quantize)
 
     m = sub.add_parser("models", help="list or show detectors in the BentoML model store")
     msub = m.add_subparsers(dest="models_command", required=True, metavar="ACTION")
@@ -44,6 +52,18 @@ def _val_samples(data: str) -> list[tuple[str, int]]:
     if not samples:
         raise ValueError(f"dataset {data} has no val split images to measure the AUC change on")
     return [(s.path, s.label) for s in samples]
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from models.quantize import add_int8_static, calibration_paths
+
+    folder = args.export
+    if folder == "default" and not Path(folder).exists():
+        from models.default_model import ensure_export
+
+        folder = ensure_export()
+    add_int8_static(folder, calibration_paths(args.data, args.calib), _val_samples(args.data))
+    return 0
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -1,23 +1,33 @@
 """Static int8 for an export folder, calibrated on real images and kept only if verdicts hold.
 
     fakelens export RUN --out EXP --data DATA --int8-static      # export, then this step
-    python -m models.quantize EXP --data DATA [--calib 256]     # on an existing export
+    fakelens quantize EXP|default --data DATA [--calib 256]      # on an existing export
 
-Writes `model.int8-static.onnx` beside `model.onnx`: ONNX Runtime static QDQ quantisation
-(per-channel int8 weights, uint8 activations whose ranges are calibrated on images of
-DATA's train split cut by the detector's own `eval_views`), of the compute ops only
-(Conv/MatMul/Gemm: softmax, layer norm and the head stay float, where int8 hurts most).
-It then runs the gate on DATA's val split, fp32 (`model.onnx`) against the int8 runtime
-that `auto` would use, through the same `Detector` path the service uses:
+Writes two int8 copies of `model.onnx`, both with activation ranges calibrated on images
+of DATA's train split cut by the detector's own `eval_views`:
+- `model.int8-static.xml` (+ `.bin`), backend `openvino-int8`: NNCF post-training
+  quantisation of the OpenVINO model (preset MIXED), with SmoothQuant for transformers
+  (any graph with a Softmax). CLIP ViTs carry a few activation channels hundreds of times
+  larger than the rest; SmoothQuant moves that range into the preceding weights per
+  channel, where plain MinMax ranges left ordinary channels a handful of levels (27% of
+  real photographs flagged on the default detector: docs/performance.md). Needs `nncf`
+  (`pip install fakelens[int8]`); without it only the ONNX Runtime file is made.
+- `model.int8-static.onnx`, backend `onnx-int8-static`: ONNX Runtime static QDQ
+  (per-channel int8 weights, uint8 activations, MinMax) of the compute ops only
+  (Conv/MatMul/Gemm: softmax, layer norm and the head stay float).
+
+It then gates each on DATA's val split, fp32 (`model.onnx`) against the int8 runtime,
+through the same `Detector` path the service uses:
 
 - validation AUC may drop by at most MAX_AUC_DROP (0.005), and
 - the false-positive rate at the shipped threshold (`models.verdict.is_flagged` on the
   real images) may move by at most MAX_FPR_MOVE_POINTS (1 percentage point).
 
-Both figures and the verdict go into metadata.json under "int8_static", with the img/s of
-each int8 runtime and of the float default timed on the same validation views (the faster
-int8 runtime is the one gated). `load_detector(..., backend="auto")` offers int8 only when
-the record says passed and faster (`offered_backend`); otherwise the export's usual
+Every candidate's figures, and the img/s of each int8 runtime and of the float default
+timed on the same validation views, go into metadata.json under "int8_static"; its
+`backend` is the fastest candidate that passed and beats the float default (else the
+fastest candidate, for the record). `load_detector(..., backend="auto")` offers int8 only
+when the record says passed and faster (`offered_backend`); otherwise the export's usual
 default (OpenVINO bf16 on CPU) stays.
 """
 
@@ -33,15 +43,23 @@ import numpy as np
 
 from models.config import DetectorConfig
 
-INT8_STATIC_FILE = "model.int8-static.onnx"
+INT8_STATIC_FILE = "model.int8-static.onnx"  # ONNX Runtime QDQ (onnx-int8-static)
+INT8_OPENVINO_FILE = "model.int8-static.xml"  # NNCF OpenVINO IR, weights in the .bin beside it (openvino-int8)
 MAX_AUC_DROP = 0.005
 MAX_FPR_MOVE_POINTS = 1.0
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 CALIB_BATCH = 8
 SPEED_IMAGES = 96  # validation views timed per backend to decide whether int8 is worth offering
 META_KEY = "int8_static"
-# Runtimes that can execute the QDQ file; the gate measures the one `auto` would pick.
+# The int8 runtimes; the gate measures each and records the one `auto` would pick.
 INT8_BACKENDS = ("openvino-int8", "onnx-int8-static")
+INT8_FILES = {"openvino-int8": INT8_OPENVINO_FILE, "onnx-int8-static": INT8_STATIC_FILE}
+METHODS = {
+    "openvino-int8": "NNCF post-training quantisation of the OpenVINO model, preset MIXED, SmoothQuant for "
+                     "transformers, fast bias correction",
+    "onnx-int8-static": "onnxruntime quantize_static QDQ, per-channel s8 weights, u8 activations, MinMax, "
+                        + "/".join(QUANTIZED_OPS),
+}
 
 
 def _views(paths: Sequence[str], cfg: DetectorConfig) -> list[np.ndarray]:
@@ -57,7 +75,7 @@ def _views(paths: Sequence[str], cfg: DetectorConfig) -> list[np.ndarray]:
 
 
 def quantize_static(src: Path, dst: Path, calibration: list[np.ndarray]) -> None:
-    """QDQ int8 copy of `src` with activation ranges from `calibration` (normalised views)."""
+    """QDQ int8 copy of `src` at `dst` with activation ranges from `calibration` (normalised views)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
 
@@ -79,12 +97,42 @@ def quantize_static(src: Path, dst: Path, calibration: list[np.ndarray]) -> None
     level = root.level
     root.setLevel(logging.ERROR)
     try:
+        tmp = dst.with_name(f".tmp-{dst.name}")  # renamed into place only once whole
         ort_quantize_static(
-            str(src), str(dst), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+            str(src), str(tmp), reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
         )
+        tmp.replace(dst)
     finally:
         root.setLevel(level)
+
+
+def is_transformer(model) -> bool:
+    """Attention in the graph: the outlier channels SmoothQuant is for (ViTs, not CNNs)."""
+    return any(op.get_type_name() == "Softmax" for op in model.get_ops())
+
+
+def quantize_openvino(src: Path, dst: Path, calibration: list[np.ndarray]) -> None:
+    """NNCF int8 OpenVINO IR of `src` (ONNX) at `dst` (.xml, .bin beside), calibrated on `calibration`."""
+    import nncf
+    import openvino as ov
+
+    from models.backends import openvino_core
+
+    if not calibration:
+        raise ValueError("no decodable calibration images: give a dataset with a train split of real images")
+    model = openvino_core().read_model(str(src))
+    views = np.concatenate(calibration)
+    batches = [views[i : i + CALIB_BATCH] for i in range(0, len(views), CALIB_BATCH)]
+    quantized = nncf.quantize(
+        model, nncf.Dataset(batches), subset_size=len(batches), preset=nncf.QuantizationPreset.MIXED,
+        model_type=nncf.ModelType.TRANSFORMER if is_transformer(model) else None,
+    )
+    # Written under temporary names, .bin first: an .xml in place means the pair is whole.
+    tmp = dst.with_name(f".tmp-{dst.name}")
+    ov.save_model(quantized, str(tmp), compress_to_fp16=False)
+    tmp.with_suffix(".bin").replace(dst.with_suffix(".bin"))
+    tmp.replace(dst)
 
 
 def fpr_at_threshold(labels: np.ndarray, probs: np.ndarray, cfg: DetectorConfig) -> float:
@@ -149,16 +197,38 @@ def float_default(folder: Path) -> str:
 
 
 def int8_candidates() -> list[str]:
+    """The int8 runtimes this installation can make: NNCF's only where nncf is installed."""
     try:
-        import openvino  # noqa: F401
+        import nncf  # noqa: F401
     except ImportError:
         return ["onnx-int8-static"]
     return list(INT8_BACKENDS)
 
 
+QUANTIZERS: dict[str, Callable[[Path, Path, list[np.ndarray]], None]] = {
+    "openvino-int8": quantize_openvino, "onnx-int8-static": quantize_static,
+}
+
+
+def _labelled_views(val: Sequence[tuple[str, int]], cfg: DetectorConfig) -> tuple[list[np.ndarray], np.ndarray]:
+    labels, views = [], []
+    for path, label in val:
+        v = _views([path], cfg)
+        if v:
+            views.append(v[0])
+            labels.append(label)
+    return views, np.asarray(labels)
+
+
+def choose(candidates: dict[str, dict[str, Any]]) -> str:
+    """The fastest candidate that keeps the verdicts and beats the float default; else the fastest."""
+    offered = [n for n, c in candidates.items() if c["passed"] and c["faster"]]
+    return max(offered or candidates, key=lambda n: candidates[n]["img_s"])
+
+
 def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tuple[str, int]],
                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Quantise EXP's model.onnx, gate it on `val`, record the result in metadata.json."""
+    """Quantise EXP's model.onnx with each int8 method, gate each on `val`, record it in metadata.json."""
     from models.checkpoint import CONFIG
     from models.metadata import ONNX_FILE, read_metadata, write_metadata
 
@@ -169,46 +239,45 @@ def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tupl
         raise ValueError("the gate needs labelled validation images (DATA's val split is empty)")
     cfg = DetectorConfig.load(folder / CONFIG)
     meta = read_metadata(folder)
-    tmp = folder / f".{INT8_STATIC_FILE}.tmp"
-    quantize_static(folder / ONNX_FILE, tmp, _views(calib, cfg))
-    tmp.replace(folder / INT8_STATIC_FILE)
-    labels, views = [], []
-    for path, label in val:
-        v = _views([path], cfg)
-        if v:
-            views.append(v[0])
-            labels.append(label)
+    calibration = _views(calib, cfg)
+    names = int8_candidates()
+    for name in names:
+        QUANTIZERS[name](folder / ONNX_FILE, folder / INT8_FILES[name], calibration)
+    views, labels = _labelled_views(val, cfg)
     default = float_default(folder)
-    rates = speeds(folder, cfg, [default, *int8_candidates()], views)
-    backend = max(int8_candidates(), key=rates.__getitem__)  # the faster int8 runtime is the one gated
-    result = gate(_probabilities(folder, cfg, "onnx", views), _probabilities(folder, cfg, backend, views),
-                  np.asarray(labels), cfg)
-    # int8 that keeps the verdicts but runs slower than the float default is not worth offering
-    # (OpenVINO bf16 on AMX often is: docs/performance.md)
-    result.update(faster=bool(rates[backend] > rates[default]), img_s={**rates}, float_default=default)
-    result.update(backend=backend, file=INT8_STATIC_FILE, calibration_images=len(calib),
-                  method="onnxruntime quantize_static QDQ, per-channel s8 weights, u8 activations, MinMax, "
-                         + "/".join(QUANTIZED_OPS))
+    rates = speeds(folder, cfg, [default, *names], views)
+    fp32 = _probabilities(folder, cfg, "onnx", views)
+    candidates = {}
+    for name in names:
+        candidates[name] = gate(fp32, _probabilities(folder, cfg, name, views), labels, cfg)
+        # int8 that keeps the verdicts but runs slower than the float default is not worth
+        # offering (OpenVINO bf16 on AMX often is: docs/performance.md)
+        candidates[name].update(img_s=rates[name], faster=bool(rates[name] > rates[default]),
+                                file=INT8_FILES[name], method=METHODS[name])
+    backend = choose(candidates)
+    result = {**candidates[backend], "img_s": {**rates}, "float_default": default, "backend": backend,
+              "calibration_images": len(calib), "candidates": candidates}
     meta[META_KEY] = result
     write_metadata(folder, meta)
+    for name, c in candidates.items():
+        log(f"int8 static {name} ({c['img_s']:.1f} img/s vs {default} {rates[default]:.1f}): val AUC "
+            f"{c['auc_int8']:.4f} vs fp32 {c['auc_fp32']:.4f} (drop {c['auc_drop']:+.4f}, bound {MAX_AUC_DROP}); "
+            f"FPR at threshold {c['fpr_int8']:.2%} vs {c['fpr_fp32']:.2%} ({c['fpr_move_points']:.2f} points, "
+            f"bound {MAX_FPR_MOVE_POINTS}): {'keeps' if c['passed'] else 'changes'} the verdicts, "
+            f"{'faster' if c['faster'] else 'not faster'}")
     if result["passed"] and result["faster"]:
-        verdict = "offered by auto"
-    elif result["passed"]:
-        verdict = f"verdicts hold but it is slower than {default} here: NOT offered ({default} stays)"
+        log(f"int8: {backend} offered by auto")
     else:
-        verdict = f"NOT offered ({default} stays the default)"
-    log(f"int8 static ({backend}, {rates[backend]:.1f} img/s vs {default} {rates[default]:.1f}): val AUC {result['auc_int8']:.4f} vs fp32 {result['auc_fp32']:.4f} "
-        f"(drop {result['auc_drop']:+.4f}, bound {MAX_AUC_DROP}); FPR at threshold {result['fpr_int8']:.2%} vs "
-        f"{result['fpr_fp32']:.2%} ({result['fpr_move_points']:.2f} points, bound {MAX_FPR_MOVE_POINTS}): {verdict}")
+        log(f"int8: none offered ({default} stays the default)")
     return result
 
 
 def openvino_int8_backend(folder: Path, cfg: DetectorConfig, device: str):
-    """OpenVINO reading the QDQ file: its int8 kernels (VNNI/AMX) run the quantised ops, the
+    """OpenVINO reading NNCF's int8 IR: its int8 kernels (VNNI/AMX) run the quantised ops, the
     rest runs at the CPU's usual precision (bf16 where available), as backend 'openvino' does."""
     from models.backends import OpenVinoBackend, _artifact, cpu_has_bf16
 
-    path = _artifact(folder, INT8_STATIC_FILE, "run `python -m models.quantize EXP --data DATA`")
+    path = _artifact(folder, INT8_OPENVINO_FILE, "run `python -m models.quantize EXP --data DATA` (needs nncf)")
     return OpenVinoBackend(path, cfg, device, "openvino-int8", "bf16" if cpu_has_bf16() else "f32")
 
 
@@ -225,7 +294,7 @@ def specs() -> list:
 
     how = "export with `fakelens export ... --data DATA --int8-static` (or python -m models.quantize)"
     # The gate on validation data is the real check; the parity bound only catches a broken graph.
-    return [BackendSpec("openvino-int8", openvino_int8_backend, INT8_STATIC_FILE, "int8", ("cpu",),
+    return [BackendSpec("openvino-int8", openvino_int8_backend, INT8_OPENVINO_FILE, "int8", ("cpu",),
                         prob_bound=5e-2, rejects_export=False, how_to_get=how),
             BackendSpec("onnx-int8-static", onnx_int8_static_backend, INT8_STATIC_FILE, "int8", ("cpu",),
                         prob_bound=5e-2, rejects_export=False, how_to_get=how)]

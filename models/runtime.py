@@ -88,6 +88,23 @@ class Detector:
     def probabilities_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
         return calibrated_probability(self.logits_from_views(views), self.config.temperature)
 
+    def probabilities_from_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Calibrated probabilities of raw JPEG files decoded on the backend's input device
+        (nvJPEG on CUDA: models/jpeg_decode.py); NaN for a file that does not decode."""
+        from models.jpeg_decode import device_views
+
+        out = np.full(len(blobs), np.nan)
+        views = device_views(blobs, self.config.preprocess, getattr(self.backend, "input_device", "cpu"))
+        ok = [i for i, v in enumerate(views) if v is not None]
+        if ok:
+            kept = [views[i] for i in ok]
+            if any(v.dtype != kept[0].dtype for v in kept):  # padded (int16) and plain (uint8) items
+                kept = [v.to(torch.int16) for v in kept]
+            batch = normalize_views(torch.cat(kept), self.config.preprocess)
+            logits = average_views(self.view_logits(batch), [len(v) for v in kept])
+            out[ok] = calibrated_probability(logits, self.config.temperature)
+        return out
+
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw (uncalibrated) per-image logits, averaged over each image's views."""
         return self.logits_from_views([eval_pixels(img, self.config.preprocess) for img in images])
@@ -161,9 +178,9 @@ def default_backend(folder: Path, device: str, int8: bool = True) -> str:
     """
     from models.metadata import read_metadata
 
-    if int8 and device == "cpu" and (folder / _quantize.INT8_STATIC_FILE).is_file():
+    if int8 and device == "cpu" and any((folder / f).is_file() for f in _quantize.INT8_FILES.values()):
         offered = _quantize.offered_backend(read_metadata(folder))
-        if offered is not None:
+        if offered is not None and (folder / _quantize.INT8_FILES[offered]).is_file():
             return offered
     ranked = sorted((s for s in BACKENDS.values() if device in s.auto_rank), key=lambda s: s.auto_rank[device])
     meta = None

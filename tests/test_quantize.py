@@ -8,8 +8,17 @@ import json
 import numpy as np
 import pytest
 
+from models.backends import openvino_core
 from models.metadata import METADATA
-from models.quantize import INT8_STATIC_FILE, MAX_FPR_MOVE_POINTS, add_int8_static, gate
+from models.quantize import (
+    INT8_BACKENDS,
+    INT8_FILES,
+    MAX_FPR_MOVE_POINTS,
+    add_int8_static,
+    choose,
+    gate,
+    is_transformer,
+)
 from models.runtime import default_backend, load_detector
 from tests.conftest import tiny_config
 from tests.export_helpers import export_tiny
@@ -59,15 +68,33 @@ def quantized(tiny_checkpoint, demo, tmp_path_factory):
 
 def test_int8_static_records_both_figures_and_runs(quantized, demo):
     exp, record = quantized
-    assert (exp / INT8_STATIC_FILE).is_file()
     saved = json.loads((exp / METADATA).read_text())["int8_static"]
     assert saved == json.loads(json.dumps(record))
-    for key in ("auc_fp32", "auc_int8", "auc_drop", "fpr_fp32", "fpr_int8", "fpr_move_points", "passed",
-                "faster", "img_s"):
-        assert key in saved
-    assert saved["val_images"] == 60 and saved["calibration_images"] == 16
-    det = load_detector(exp, backend=saved["backend"], device="cpu")
-    assert det.probabilities_from_views([np.zeros((1, 32, 32, 3), np.uint8)]).shape == (1,)
+    assert set(saved["candidates"]) == set(INT8_BACKENDS)  # nncf is a dev dependency: both methods ran
+    for name, c in saved["candidates"].items():
+        assert (exp / c["file"]).is_file()
+        for key in ("auc_fp32", "auc_int8", "auc_drop", "fpr_fp32", "fpr_int8", "fpr_move_points", "passed",
+                    "faster", "img_s", "method"):
+            assert key in c
+        assert c["val_images"] == 60
+        det = load_detector(exp, backend=name, device="cpu")
+        assert det.probabilities_from_views([np.zeros((1, 32, 32, 3), np.uint8)]).shape == (1,)
+    assert saved["calibration_images"] == 16 and saved["backend"] == choose(saved["candidates"])
+    assert (exp / "model.int8-static.bin").is_file()  # the IR's weights beside its .xml
+    ir = openvino_core().read_model(str(exp / INT8_FILES["openvino-int8"]))
+    assert is_transformer(ir)  # the tiny ViT takes the SmoothQuant path
+    assert sum(op.get_type_name() == "FakeQuantize" for op in ir.get_ops()) >= 4
+
+
+def _candidate(passed: bool, faster: bool, img_s: float) -> dict:
+    return {"passed": passed, "faster": faster, "img_s": img_s}
+
+
+def test_choose_prefers_the_fastest_runtime_that_keeps_the_verdicts():
+    fast_wrong = _candidate(False, True, 90.0)
+    assert choose({"a": fast_wrong, "b": _candidate(True, True, 50.0), "c": _candidate(True, True, 60.0)}) == "c"
+    # none offerable: the record names the fastest, and its own passed/faster keep auto away from it
+    assert choose({"a": fast_wrong, "b": _candidate(True, False, 20.0)}) == "a"
 
 
 @pytest.mark.parametrize("passed,faster", [(True, True), (False, True), (True, False)])
@@ -81,7 +108,7 @@ def test_auto_offers_int8_only_when_the_gate_passed_and_it_is_faster(quantized, 
     meta["int8_static"].update(passed=passed, faster=faster)
     (copy / METADATA).write_text(json.dumps(meta))
     assert default_backend(copy, "cpu") == (record["backend"] if passed and faster else "openvino")
-    (copy / INT8_STATIC_FILE).unlink()  # a record without its file never sends auto to a missing artifact
+    (copy / record["file"]).unlink()  # a record without its file never sends auto to a missing artifact
     assert default_backend(copy, "cpu") == "openvino"
 
 
@@ -94,3 +121,15 @@ def test_export_cli_needs_data_for_int8_static(tiny_checkpoint, tmp_path):
     with pytest.raises(ValueError, match="--data"):
         args.run(args)
     assert not (tmp_path / "e").exists()
+
+
+def test_quantize_cli_gates_an_existing_export(tiny_checkpoint, demo, tmp_path, capsys):
+    from models.commands import main
+
+    exp = export_tiny(tiny_checkpoint, tmp_path / "exp")
+    assert main(["quantize", str(exp), "--data", str(demo / "manifest.csv"), "--calib", "8"]) == 0
+    saved = json.loads((exp / METADATA).read_text())["int8_static"]
+    assert saved["calibration_images"] == 8 and set(saved["candidates"]) == set(INT8_BACKENDS)
+    out = capsys.readouterr().out
+    assert all(f"int8 static {name} " in out for name in INT8_BACKENDS)  # each candidate's figures, printed
+    assert ("offered by auto" in out) == (saved["passed"] and saved["faster"])

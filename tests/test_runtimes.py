@@ -18,12 +18,19 @@ from tests.export_helpers import copy_with_config, export_tiny, image_files
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, image_folder, tmp_path_factory):
     from models.config import DetectorConfig
-    from models.quantize import INT8_STATIC_FILE, _views, quantize_static
+    from models.quantize import (
+        INT8_OPENVINO_FILE,
+        INT8_STATIC_FILE,
+        _views,
+        quantize_openvino,
+        quantize_static,
+    )
 
     exp = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("exp") / "exp", int8=True, fp16=True)
-    # the static int8 file without its gate record, so `auto` keeps ignoring it here (tests/test_quantize.py)
+    # the static int8 files without their gate record, so `auto` keeps ignoring it here (tests/test_quantize.py)
     calib = _views([str(p) for p in image_files(image_folder)], DetectorConfig.load(exp / "detector.json"))
     quantize_static(exp / "model.onnx", exp / INT8_STATIC_FILE, calib)
+    quantize_openvino(exp / "model.onnx", exp / INT8_OPENVINO_FILE, calib)
     return exp
 
 
