@@ -16,7 +16,8 @@
 #           normalise -> model, vs the model alone (same eager fp32 backend)
 #   decode  JPEG decode + crop + normalise: torchvision.io.decode_jpeg(device="cuda") vs Pillow threads
 #   serve-batch  the same server fed /detect_batch requests of 32 images from 4 client processes, with
-#           the CPU ms per image of the front, the model process and the clients (where a front's limit is)
+#           the CPU ms per image of the front, the model process and the clients (where a front's limit is),
+#           JPEGs decoded in the model process (nvJPEG) vs in the front (Pillow), interleaved
 #   serve   `fakelens serve` with adaptive batching on the GPU, 64 clients (bench/serve_load.py), when
 #           BentoML is importable (from .whl/); otherwise says so (the pixels section is the no-HTTP figure)
 #   score   `fakelens score`'s local engine --device cuda on generated JPEGs vs model-only
@@ -92,10 +93,11 @@ if [ "$DRY" = 0 ]; then
   run pixels 35 "$PY" -m bench.gpu_bench pixels --archs "$ARCHS" --batch 256 --repeats 3 --seconds 0.3
   run decode 30 "$PY" -m bench.gpu_bench decode --n 1024 --threads 16 --repeats 3 --seconds 0.3
   if "$PY" -c 'import bentoml' 2>/dev/null; then
-    # 8 front workers decode on the CPU; the model process batches up to 256 on the GPU.
+    # 8 front workers; the model process batches up to 256 on the GPU. model-decode: JPEG bytes go
+    # to the model process and nvJPEG decodes them there; front-decode: Pillow in the front workers.
     FAKELENS_WORKERS=8 FAKELENS_MAX_BATCH_SIZE=256 FAKELENS_MAX_INFLIGHT=512 \
-      run serve-batch 100 "$PY" -m bench.serve_load --arch vit_small_patch16_224 --device cuda --model-batch 256 \
-      --servers batched --concurrency 16 --requests 240 --rounds 2 --per-request 32 --client-procs 4
+      run serve-batch 150 "$PY" -m bench.serve_load --arch vit_small_patch16_224 --device cuda --model-batch 256 \
+      --servers model-decode,front-decode --concurrency 16 --requests 240 --rounds 2 --per-request 32 --client-procs 4
     FAKELENS_WORKERS=8 FAKELENS_MAX_BATCH_SIZE=256 FAKELENS_MAX_INFLIGHT=512 \
       run serve 100 "$PY" -m bench.serve_load --arch vit_small_patch16_224 --device cuda --model-batch 256 \
       --servers batched --concurrency 64 --requests 1500 --rounds 3
@@ -116,7 +118,7 @@ else
     --servers batched --concurrency 4 --requests 16 --rounds 1
   FAKELENS_WORKERS=1 FAKELENS_MAX_BATCH_SIZE=8 \
     run serve-batch 120 "$PY" -m bench.serve_load --arch vit_tiny_patch16_224 --device cpu --model-batch 8 \
-    --servers batched --concurrency 2 --requests 8 --rounds 1 --per-request 4 --client-procs 2
+    --servers model-decode,front-decode --concurrency 2 --requests 8 --rounds 1 --per-request 4 --client-procs 2
   run score 90 "$PY" bench/score_throughput.py --device cpu --no-export --arch vit_tiny_patch16_224 \
     --n 24 --batch-size 8 --workers 2 --rounds 1
 fi

@@ -7,6 +7,8 @@
         # adds server "base": the same service run from another checkout (before/after, one run)
     .venv/bin/python -m bench.serve_load --servers batched --per-request 16 --client-procs 2
         # /detect_batch with 16 images per request, load from 2 client processes
+    .venv/bin/python -m bench.serve_load --servers front-decode,model-decode --per-request 8
+        # JPEGs decoded by Pillow in the front vs sent as bytes and decoded in the model process
 
 Saves a random-weight vit_tiny_patch16_224 (224 px) model folder to a temp dir, measures
 the model alone (eager, batch 1 and batch 32), starts every server as a subprocess on
@@ -58,6 +60,9 @@ SERVERS = {  # name -> (kind, extra env)
     "unbatched": ("bento", {"FAKELENS_BATCHING": "0"}),
     "naive": ("naive", {}),
     "latency50": ("bento", {"FAKELENS_MAX_LATENCY_MS": "50"}),
+    # where JPEGs are decoded (service/settings.py): bytes to the model process vs Pillow in the front
+    "model-decode": ("bento", {"FAKELENS_DECODE": "model"}),
+    "front-decode": ("bento", {"FAKELENS_DECODE": "front"}),
 }
 
 

@@ -36,10 +36,11 @@ class Limits:
 
 @dataclass(frozen=True)
 class Prepared:
-    views: np.ndarray  # V x S x S x 3 uint8 pixels (eval_pixels): 4x smaller than float32 across a
+    views: np.ndarray | None  # V x S x S x 3 uint8 pixels (eval_pixels): 4x smaller than float32 across a
     # process hop; Detector.probabilities_from_views normalises them next to the model
     facts: ImageFacts
     provenance: dict | None = None  # models/provenance.py: C2PA, XMP, EXIF, generator text chunks
+    jpeg: bytes | None = None  # instead of views: a JPEG the model process decodes (models/jpeg_decode.py)
 
 
 def decode(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, ImageFacts]:

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-inflight", type=int, help="concurrent requests per worker before 503 (default 64)")
     p.add_argument("--no-batching", action="store_true", help="run each request alone (benchmark baseline)")
     p.add_argument("--workers", type=int, help="front (decode) worker processes (default 1)")
+    p.add_argument("--decode", choices=("auto", "front", "model"),
+                   help="where JPEGs are decoded: front workers (Pillow) or the model process (nvJPEG on a GPU); "
+                        "auto = model on CUDA, else front")
     p.add_argument("--timeout", type=int, dest="timeout_s", help="request timeout in seconds (default 60)")
     p.set_defaults(run=run)
 

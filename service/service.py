@@ -11,6 +11,10 @@ Two BentoML services in one bento:
   one model call; the batch sizes run land in the `fakelens_model_batch_size` histogram.
   Views cross the process hop as uint8 pixels (0.15 MB per 224 view, not 0.6 MB as
   float32) and are normalised in the model process, on its device (models/preprocess.py).
+  With FAKELENS_DECODE=model (the default when the model is on CUDA) a JPEG crosses as its
+  file bytes instead and `score_jpeg` decodes the batch there (nvJPEG; models/jpeg_decode.py).
+- The upload is parsed once, by the guard (service/upload.py); BentoML sees empty
+  placeholders and the endpoints read the guard's files (`uploads`).
 
 Settings come from FAKELENS_* environment variables read at import (service/settings.py).
 """
@@ -31,17 +35,19 @@ from pydantic import Field, Strict
 
 from models.config import DetectorConfig
 from models.explain import MAX_GRID
+from models.preprocess import ImageError
 from models.provenance import env_trust_anchors
 from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence
-from service.errors import Overloaded, ServiceError, error_response
+from service.errors import Overloaded, ServiceError, error_response, from_image_error
 from service.guard import GuardMiddleware
 from service.metrics_labels import bound_endpoint_labels
 from service.page import page_app, page_paths
 from service.routes import OPEN_PATHS, SYSTEM_PATHS, api_routes
 from service.settings import ServeSettings
+from service.upload import kept_upload
 from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
 SETTINGS = ServeSettings.from_env()
@@ -56,6 +62,7 @@ PerSecond = Annotated[float, Strict(), Field(ge=0)]  # 0: sample `frames` unifor
 Aggregate = Literal[AGGREGATES]
 LIMITS = Limits(max_bytes=SETTINGS.max_bytes, max_pixels=SETTINGS.max_pixels)
 LINK_RETRIES = 3
+NOT_DECODED = -1.0  # score_jpeg's answer for a file the model process could not decode
 GPU = torch.cuda.is_available() and SETTINGS.device != "cpu"
 
 BATCH_SIZE = bentoml.metrics.Histogram(
@@ -63,11 +70,19 @@ BATCH_SIZE = bentoml.metrics.Histogram(
     documentation="Images per model call actually run by the batched score method",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
 )
+DEVICE_DECODED = bentoml.metrics.Counter(
+    name="fakelens_model_device_decoded_images",
+    documentation="JPEGs sent as bytes and decoded in the model process (FAKELENS_DECODE=model)",
+)
 BATCH_SECONDS = bentoml.metrics.Histogram(
     name="fakelens_model_batch_seconds",
     documentation="Wall time of one batched model call",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
+
+
+async def _nothing() -> list:
+    return []
 
 
 async def gather_items(calls) -> list:
@@ -79,8 +94,33 @@ async def gather_items(calls) -> list:
     return outcomes
 
 
-def read_and_prepare(path: Path, cfg: DetectorConfig) -> Prepared:
-    return prepare_upload(path.read_bytes(), cfg, LIMITS)
+class Upload:
+    """One uploaded file: the bytes the guard parsed (service/upload.py), or BentoML's temp file
+    where no guard stood in front. `read()` blocks: call it in a worker thread."""
+
+    def __init__(self, scope: dict, field: str, index: int, path: Path) -> None:
+        self.scope, self.field, self.index, self.path = scope, field, index, path
+
+    def read(self) -> bytes:
+        kept = kept_upload(self.scope, self.field, self.index)
+        return self.path.read_bytes() if kept is None else kept
+
+
+def uploads(field: str, paths: list[Path]) -> list[Upload]:
+    """The request's files of `field`. (Not a `ctx: bentoml.Context` parameter: with one, BentoML
+    overwrites the status of every Response an endpoint returns, our 4xx errors included, with 200.)"""
+    scope = Detector.context.request.scope  # the request being handled (a context variable)
+    return [Upload(scope, field, i, p) for i, p in enumerate(paths)]
+
+
+def read_and_prepare(upload: Upload, cfg: DetectorConfig, raw_jpeg: bool) -> Prepared:
+    return prepare_upload(upload.read(), cfg, LIMITS, raw_jpeg)
+
+
+def undecodable() -> ServiceError:
+    """A JPEG whose header read fine in the front but whose stream the model process could not decode."""
+    return from_image_error(ImageError("truncated", "the JPEG data is truncated or corrupt; re-export or "
+                                                    "re-upload the file"))
 
 
 def warm_up(detector: LoadedDetector, batch_size: int) -> None:
@@ -119,6 +159,19 @@ class DetectorModel:
         with BATCH_SECONDS.time():
             return self.detector.probabilities_from_views(views).tolist()
 
+    @bentoml.api(
+        batchable=SETTINGS.batching,
+        max_batch_size=max(2, SETTINGS.max_batch_size),
+        max_latency_ms=SETTINGS.max_latency_ms,
+    )
+    def score_jpeg(self, jpegs: list[bytes]) -> list[float]:
+        """Each item is one JPEG file; decoded here, on the model's device. -1: it did not decode
+        (not NaN, which a JSON hop would turn into null)."""
+        BATCH_SIZE.observe(len(jpegs))
+        DEVICE_DECODED.inc(len(jpegs))
+        with BATCH_SECONDS.time():
+            return np.nan_to_num(self.detector.probabilities_from_jpegs(jpegs), nan=NOT_DECODED).tolist()
+
     @bentoml.api
     def view_logits(self, views: np.ndarray) -> list[float]:
         """Raw logits of N x 3 x S x S views, one per view (the /explain occlusion batches)."""
@@ -143,6 +196,7 @@ class Detector:
         env_trust_anchors()  # a bad FAKELENS_C2PA_TRUST_ANCHORS stops the start, rather than failing every request
         self.config: DetectorConfig | None = None
         self.model_info: dict = {}
+        self.raw_jpeg = False  # send JPEG bytes to the model process instead of views (FAKELENS_DECODE)
         self._lock = asyncio.Lock()
 
     async def __is_ready__(self) -> bool:
@@ -160,18 +214,29 @@ class Detector:
                     desc = await self.model.to_async.describe()
                     info = desc["info"]
                     self.model_info = {k: info[k] for k in ("name", "version", "backend", "device")}
+                    self.raw_jpeg = SETTINGS.decode == "model" or (SETTINGS.decode == "auto"
+                                                                   and info["device"] == "cuda")
                     self.config = DetectorConfig.from_dict(desc["config"])
         return self.config
 
-    async def prepared(self, path: Path) -> Prepared:
+    async def prepared(self, upload: Upload) -> Prepared:
         cfg = await self.described()
         # one worker-thread hop per upload: read the spooled file and cut its views in the same call
-        return await anyio.to_thread.run_sync(read_and_prepare, path, cfg)
+        return await anyio.to_thread.run_sync(read_and_prepare, upload, cfg, self.raw_jpeg)
 
-    async def scores(self, items: list[Prepared]) -> list[float]:
-        if not items:
-            return []
-        return await self.call_model(self.model.to_async.score, [p.views for p in items])
+    async def scores(self, items: list[Prepared]) -> list[float | ServiceError]:
+        """Each item's probability: views to `score`, JPEG bytes to `score_jpeg` (a ServiceError
+        for a JPEG the model process could not decode)."""
+        raw = [i for i, p in enumerate(items) if p.jpeg is not None]
+        cut = [i for i, p in enumerate(items) if p.jpeg is None]
+        parts = await asyncio.gather(
+            self.call_model(self.model.to_async.score, [items[i].views for i in cut]) if cut else _nothing(),
+            self.call_model(self.model.to_async.score_jpeg, [items[i].jpeg for i in raw]) if raw else _nothing(),
+        )
+        out: list[float | ServiceError] = [0.0] * len(items)
+        for index, value in zip(cut + raw, [*parts[0], *parts[1]], strict=True):
+            out[index] = undecodable() if value == NOT_DECODED else value
+        return out
 
     async def call_model(self, method, payload):
         """One call to a DetectorModel method, with link retries and overload mapped to 503."""
@@ -195,12 +260,15 @@ class Detector:
         """Score one image (multipart field `image`): label, calibrated score, threshold, facts, provenance.
 
         faces=true scores each detected face crop; the score is the max over faces."""
+        [upload] = uploads("image", [image])
         if faces:
-            return await self.detect_faces(image)
+            return await self.detect_faces(upload)
         start = time.perf_counter()
         try:
-            item = await self.prepared(image)
+            item = await self.prepared(upload)
             [score] = await self.scores([item])
+            if isinstance(score, ServiceError):
+                raise score
         except ServiceError as err:
             return error_response(err)
         out = verdict(score, item.facts, self.config, self.model_info, item.provenance)
@@ -214,19 +282,23 @@ class Detector:
         faces=true scores each image in face mode, as /detect does (max over its face crops)."""
         start = time.perf_counter()
         try:
-            results = await (self.batch_faces(images) if faces else self.batch_plain(images))
+            files = uploads("images", images)
+            results = await (self.batch_faces(files) if faces else self.batch_plain(files))
         except ServiceError as err:
             return error_response(err)
         return {"results": results, "elapsed_ms": round((time.perf_counter() - start) * 1000, 3)}
 
-    async def batch_plain(self, images: list[Path]) -> list[dict]:
+    async def batch_plain(self, images: list[Upload]) -> list[dict]:
         outcomes = await gather_items(self.prepared(p) for p in images)
         scores = iter(await self.scores([o for o in outcomes if isinstance(o, Prepared)]))
-        return [item_error(o) if isinstance(o, ServiceError) else verdict(next(scores), o.facts, self.config,
-                                                                           self.model_info, o.provenance)
-                for o in outcomes]
+        results = []
+        for o in outcomes:
+            score = o if isinstance(o, ServiceError) else next(scores)
+            results.append(item_error(score) if isinstance(score, ServiceError)
+                           else verdict(score, o.facts, self.config, self.model_info, o.provenance))
+        return results
 
-    async def batch_faces(self, images: list[Path]) -> list[dict]:
+    async def batch_faces(self, images: list[Upload]) -> list[dict]:
         outcomes = await gather_items(self.upload(p, evidence.plan_face_mode, LIMITS) for p in images)
         planned = [o[1] for o in outcomes if not isinstance(o, ServiceError)]
         # every face crop of every image in one stream of batched model calls
@@ -250,11 +322,11 @@ class Detector:
         parts = await asyncio.gather(*(self.scores([Prepared(views=v, facts=None) for v in c]) for c in chunks))
         return [p for part in parts for p in part]
 
-    async def upload(self, path: Path, plan, *args):
+    async def upload(self, upload: Upload, plan, *args):
         cfg = await self.described()
-        return cfg, await anyio.to_thread.run_sync(lambda: plan(path.read_bytes(), cfg, *args))
+        return cfg, await anyio.to_thread.run_sync(lambda: plan(upload.read(), cfg, *args))
 
-    async def detect_faces(self, image: Path) -> dict:
+    async def detect_faces(self, image: Upload) -> dict:
         start = time.perf_counter()
         try:
             cfg, item = await self.upload(image, evidence.plan_face_mode, LIMITS)
@@ -270,7 +342,8 @@ class Detector:
         """Where the evidence is: per-cell occlusion relevance (`heatmap`) and a base64 overlay PNG."""
         start = time.perf_counter()
         try:
-            cfg, item = await self.upload(image, evidence.plan_explain, LIMITS, grid)
+            [upload] = uploads("image", [image])
+            cfg, item = await self.upload(upload, evidence.plan_explain, LIMITS, grid)
             views = np.concatenate([item.views, item.occluded])
             size = SETTINGS.max_batch_size
             parts = await asyncio.gather(*(self.call_model(self.model.to_async.view_logits, views[i : i + size])
@@ -284,15 +357,17 @@ class Detector:
         return out
 
     @bentoml.api(route="/detect_video")
-    async def detect_video(self, video: Path, frames: Frames = 16, per_second: PerSecond = 0.0,
-                           keyframes: Flag = False, faces: Flag = False, aggregate: Aggregate = "mean") -> dict:
+    async def detect_video(self, video: Path, frames: Frames = 16,
+                           per_second: PerSecond = 0.0, keyframes: Flag = False, faces: Flag = False,
+                           aggregate: Aggregate = "mean") -> dict:
         """Score a video (multipart field `video`): sampled frames (N uniform, or per_second when > 0), aggregate
         (mean or max) for the verdict, share of frames flagged, and the per-frame timeline."""
         start = time.perf_counter()
         try:
             limits = VideoLimits(SETTINGS.max_video_seconds, SETTINGS.max_video_frames, SETTINGS.max_pixels)
             sampling = Sampling(frames=frames, per_second=per_second or None, keyframes=keyframes)
-            cfg, item = await self.upload(video, evidence.plan_video, sampling, limits, faces)
+            [upload] = uploads("video", [video])
+            cfg, item = await self.upload(upload, evidence.plan_video, sampling, limits, faces)
             probs = await self.score_views(item.views)
         except ServiceError as err:
             return error_response(err)

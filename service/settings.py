@@ -27,6 +27,7 @@ from models.preprocess import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "FAKELENS_"
 MB = 1024 * 1024
+DECODE_PLACES = ("auto", "front", "model")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class ServeSettings:
     max_inflight: int = 64  # per front worker; beyond it: 503 + Retry-After
     timeout_s: int = 60
     workers: int = 1  # front (decode/preprocess) workers; the model runs in one process
+    # Where JPEGs are decoded: "front" (Pillow, in the front workers), "model" (raw bytes to the
+    # model process, decoded there by torchvision: nvJPEG on a GPU; models/jpeg_decode.py), or
+    # "auto": "model" when the model runs on CUDA, else "front".
+    decode: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = 20 * MB  # per uploaded image
     max_request_bytes: int = 64 * MB  # whole /detect_batch body
@@ -59,6 +64,8 @@ class ServeSettings:
                      "body_timeout_s", "max_video_bytes", "max_video_seconds", "max_video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be >= 1")
+        if self.decode not in DECODE_PLACES:
+            raise ValueError(f"{ENV_PREFIX}DECODE={self.decode!r}: use one of {', '.join(DECODE_PLACES)}")
         if self.body_timeout_s >= self.timeout_s:
             raise ValueError(
                 f"{ENV_PREFIX}BODY_TIMEOUT_S={self.body_timeout_s} must be below {ENV_PREFIX}TIMEOUT_S="

@@ -12,9 +12,13 @@ body in memory. It enforces, in the service's own error format:
 - the worker's budget of body bytes in flight (`ByteBudget`): beyond it, 503 + Retry-After;
 - the number of parts (413 past the route's file limit, not python-multipart's 400 at 1,000).
 
-`canonical_request` re-emits only the route's fields as a fresh multipart body, file names
-replaced by short safe ones (`upload-0.jpg`): BentoML uses the client's name as a temp-file
-suffix, where 255+ bytes or a NUL byte became a 500 or a pydantic error body.
+`canonical_request` hands BentoML a fresh multipart body with only the route's fields,
+file names replaced by short safe ones (`upload-0.jpg`: BentoML uses the client's name as a
+temp-file suffix, where 255+ bytes or a NUL byte became a 500 or a pydantic error body),
+and each file part empty: the parsed files travel beside it in the request scope
+(`kept_upload`), so an upload is parsed once and never copied to a second temp file.
+BentoML parsing the whole body again, writing each file out and the endpoint reading it
+back cost about a quarter of the front process's CPU per image (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,11 +43,11 @@ from service.errors import (
 )
 from service.routes import Route
 
-CHUNK = 64 * 1024
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 MAX_TEXT_FIELDS = 16  # form fields that are not files; our endpoints take none today
 SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 SAFE_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9.+-]{1,64}/[A-Za-z0-9.+-]{1,64}$")
+UPLOADS = "fakelens.uploads"  # scope key: the guard's parsed files, {field: [UploadFile, ...]} in form order
 
 
 class ClientGone(Exception):
@@ -219,50 +223,47 @@ def _part_head(boundary: str, field: str, filename: str | None, content_type: st
 
 
 def canonical_request(scope, receive, form: FormData, route: Route):
-    """(scope, receive) presenting only the route's fields, files under safe names, streamed from the spool."""
+    """(scope, receive) presenting only the route's fields, files under safe names and empty;
+    the files themselves ride in scope[UPLOADS]."""
     boundary = uuid.uuid4().hex
-    parts: list[tuple[bytes, UploadFile | bytes]] = []
+    parts: list[bytes] = []
+    kept: dict[str, list[UploadFile]] = {}
     index = 0
     for field in route.files:
-        for upload in form.getlist(field):
+        kept[field] = form.getlist(field)
+        for upload in kept[field]:
             ctype = upload.content_type if SAFE_MEDIA_TYPE.match(upload.content_type or "") else None
-            parts.append((_part_head(boundary, field, safe_filename(upload.filename, index),
-                                     ctype or "application/octet-stream"), upload))
+            parts.append(_part_head(boundary, field, safe_filename(upload.filename, index),
+                                    ctype or "application/octet-stream"))
             index += 1
     for field in route.fields:
         for value in form.getlist(field):
             if isinstance(value, str):
-                parts.append((_part_head(boundary, field, None, None), value.encode()))
-    tail = f"--{boundary}--\r\n".encode()
-    length = len(tail) + sum(len(head) + 2 + (v.size if isinstance(v, UploadFile) else len(v)) for head, v in parts)
-
-    async def chunks():
-        for head, value in parts:
-            yield head
-            if isinstance(value, UploadFile):
-                await value.seek(0)
-                while chunk := await value.read(CHUNK):
-                    yield chunk
-            else:
-                yield value
-            yield b"\r\n"
-        yield tail
-
-    stream = chunks()
-    done = False
+                parts.append(_part_head(boundary, field, None, None) + value.encode())
+    body = b"".join(part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
+    sent = False
 
     async def replay():
-        nonlocal done
-        if done:  # the body is over: later calls wait for the client to go, as the real one does
+        nonlocal sent
+        if sent:  # the body is over: later calls wait for the client to go, as the real one does
             return await receive()
-        try:
-            return {"type": "http.request", "body": await anext(stream), "more_body": True}
-        except StopAsyncIteration:
-            done = True
-            return {"type": "http.request", "body": b"", "more_body": False}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
 
     headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-type", b"content-length",
                                                                    b"transfer-encoding")]
     headers += [(b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
-                (b"content-length", str(length).encode())]
-    return {**scope, "headers": headers}, replay
+                (b"content-length", str(len(body)).encode())]
+    return {**scope, "headers": headers, UPLOADS: kept}, replay
+
+
+def kept_upload(scope, field: str, index: int) -> bytes | None:
+    """The bytes of the `index`-th file of `field` as the guard parsed it (None: no guard in front).
+
+    Synchronous reads of a spooled file: call it in a worker thread, not on the event loop."""
+    kept = scope.get(UPLOADS)
+    if kept is None:
+        return None
+    upload = kept[field][index]
+    upload.file.seek(0)
+    return upload.file.read()

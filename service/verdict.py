@@ -24,8 +24,13 @@ def _service_errors(fn, *args):
         raise err from None
 
 
-def prepare_upload(data: bytes, cfg: DetectorConfig, limits: Limits) -> Prepared:
-    """models.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it."""
+def prepare_upload(data: bytes, cfg: DetectorConfig, limits: Limits, raw_jpeg: bool = False) -> Prepared:
+    """models.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it;
+    raw_jpeg: a JPEG the model process can decode keeps its bytes instead (models/jpeg_decode.py)."""
+    if raw_jpeg:
+        from models.jpeg_decode import prepare_raw
+
+        return _service_errors(prepare_raw, data, cfg, limits)
     return _service_errors(prepare, data, cfg, limits)
 
 

@@ -115,7 +115,7 @@ def test_unknown_paths_create_no_metric_series(server, http):
         httpx.get(f"{server}/{uuid.uuid4().hex}/{i}", headers=headers, timeout=10)
     labels = endpoint_labels(http.get("/metrics").text)
     assert labels <= {"/detect", "/detect_batch", "/readyz", "/livez", "/healthz", "/docs.json", "/",
-                      "/other", "/describe", "/score",
+                      "/other", "/describe", "/score", "/score_jpeg",  # the model process's own methods
                       "/explain", "/detect_video", "/view_logits"}, labels  # the evidence routes (docs/evidence.md)
     assert "/other" in labels
 

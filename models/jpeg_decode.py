@@ -1,0 +1,117 @@
+"""JPEG decoding next to the model: raw bytes in, the model's eval views out, on its device.
+
+    item = prepare_raw(data, cfg, limits)          # front: header only, or the usual decode
+    views = device_views([item.jpeg, ...], pre, "cuda")  # model process: nvJPEG, crop on GPU
+
+On a GPU host the service's CPU front was the limit (docs/performance.md: about 5 ms of CPU
+per image, of which Pillow decode and crop about 2 ms), while the GPU decodes a batch of
+JPEGs 15x faster than 16 Pillow threads. So a front may send a JPEG's bytes instead of its
+views, and the model process decodes the whole batch with `torchvision.io.decode_jpeg`
+(nvJPEG on CUDA, libjpeg-turbo on CPU) and cuts the views with the same arithmetic as
+`models.preprocess.eval_pixels`.
+
+Only files whose decode both paths agree on take this route: baseline or progressive JPEG
+in RGB or grayscale, no EXIF turn, a complete stream (ends with EOI), a preprocessing that
+crops at native resolution (`crop_mode="resize"` resamples with Pillow's bicubic, which a
+GPU would not reproduce). Everything else (PNG, WebP, CMYK, rotated, truncated) is decoded
+in the front as before, so its answer and its error are unchanged. On CPU, libjpeg-turbo
+under both Pillow and torchvision gives bit-identical pixels (tests/test_jpeg_decode.py);
+nvJPEG's IDCT may differ by a level or two on some pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Sequence
+
+import torch
+from PIL import Image
+
+from models.config import DetectorConfig, PreprocessConfig
+from models.prepare import Limits, Prepared, prepare
+from models.preprocess import EXIF_ORIENTATION, ImageFacts, tile_origins
+from models.provenance import read_provenance
+
+JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
+DEVICE_MODES = ("RGB", "L")  # what decode_jpeg(mode=RGB) turns into the same RGB as Pillow's convert
+
+
+def raw_facts(data: bytes, cfg: DetectorConfig, limits: Limits) -> ImageFacts | None:
+    """The facts of a JPEG the model process can decode as the front would, from its header; else None."""
+    if cfg.preprocess.crop_mode == "resize" or not (data.startswith(JPEG_START) and data.endswith(JPEG_END)):
+        return None
+    if limits.max_bytes is not None and len(data) > limits.max_bytes:
+        return None  # the usual path says why it is refused
+    try:
+        img = Image.open(io.BytesIO(data), formats=["JPEG"])
+        width, height = img.size
+        turned = img.getexif().get(EXIF_ORIENTATION, 1) != 1
+    except Exception:  # any header Pillow cannot read: the usual path gives the error for it
+        return None
+    if img.mode not in DEVICE_MODES or turned or width * height > limits.max_pixels:
+        return None
+    return ImageFacts(format="JPEG", width=width, height=height, mode=img.mode, frames=1)
+
+
+def prepare_raw(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> Prepared:
+    """`models.prepare.prepare`, except that a JPEG the model process can decode keeps its bytes
+    (`jpeg`, no `views`): the front reads only its header and provenance."""
+    facts = raw_facts(data, cfg, limits)
+    if facts is None:
+        return prepare(data, cfg, limits)
+    return Prepared(views=None, facts=facts, provenance=read_provenance(data), jpeg=data)
+
+
+def crop_or_pad(img: torch.Tensor, size: int, top: int, left: int) -> torch.Tensor:
+    """`models.preprocess.crop_or_pad` on an H x W x 3 tensor: int16 with -1 where padded."""
+    h, w = img.shape[:2]
+    top, left = max(top, 0), max(left, 0)
+    out = img[top : top + size, left : left + size]
+    ph, pw = size - out.shape[0], size - out.shape[1]
+    if not (ph or pw):
+        return out
+    padded = torch.full((size, size, 3), -1, dtype=torch.int16, device=img.device)
+    oy, ox = ph // 2, pw // 2
+    padded[oy : oy + out.shape[0], ox : ox + out.shape[1]] = out
+    return padded
+
+
+def cut_views(img: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
+    """`models.preprocess.eval_pixels` for a decoded H x W x 3 uint8 tensor: V x S x S x 3."""
+    s = pre.img_size
+    h, w = img.shape[:2]
+    if pre.views == "center":
+        return crop_or_pad(img, s, (h - s) // 2, (w - s) // 2)[None]
+    per_axis = max(1, math.isqrt(pre.max_tiles))
+    views = [crop_or_pad(img, s, t, x) for t in tile_origins(h, s, per_axis) for x in tile_origins(w, s, per_axis)]
+    if any(v.dtype != views[0].dtype for v in views):
+        views = [v.to(torch.int16) for v in views]
+    return torch.stack(views)
+
+
+def _decode(blobs: Sequence[bytes], device: str) -> list[torch.Tensor | None]:
+    """C x H x W uint8 per blob (None where it does not decode); one batched call when all do."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec; they are
+        # still the batched nvJPEG path that ships with torch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # one bad stream fails the batch: decode one by one to find it
+            out: list[torch.Tensor | None] = []
+            for d in data:
+                try:
+                    out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+
+def device_views(blobs: Sequence[bytes], pre: PreprocessConfig, device: str) -> list[torch.Tensor | None]:
+    """Each JPEG's eval views (V x S x S x 3 on `device`), None for a stream that does not decode."""
+    return [None if img is None else cut_views(img.permute(1, 2, 0), pre) for img in _decode(blobs, device)]
