@@ -21,7 +21,7 @@
 #   serve   `fakelens serve` with adaptive batching on the GPU, 64 clients (bench/serve_load.py), when
 #           BentoML is importable (from .whl/); otherwise says so (the pixels section is the no-HTTP figure)
 #   score   `fakelens score`'s local engine --device cuda on generated JPEGs vs model-only
-#           (bench/score_throughput.py), decode in processes and in threads
+#           (bench/score_throughput.py), Pillow decode in processes vs JPEGs decoded on the GPU (nvJPEG)
 # Targets (issue 12): vit_small model-only >= 20,000 img/s; served >= 0.8x model-only.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -106,7 +106,7 @@ if [ "$DRY" = 0 ]; then
       "the pixels section is the batched model path without HTTP"
   fi
   run score 75 "$PY" bench/score_throughput.py --device cuda --no-export --arch vit_small_patch16_224 \
-    --n 2000 --batch-size 256 --workers 14 --rounds 2
+    --n 2000 --batch-size 256 --workers 14 --rounds 2 --decode processes --decode-on workers,device
 else
   run model 150 "$PY" -m bench.gpu_bench model --device cpu --small --archs "$ARCHS" --batches 2 --repeats 1 \
     --seconds 0.05 --modes eager-fp32,eager-bf16,compile-bf16
@@ -120,7 +120,7 @@ else
     run serve-batch 120 "$PY" -m bench.serve_load --arch vit_tiny_patch16_224 --device cpu --model-batch 8 \
     --servers model-decode,front-decode --concurrency 2 --requests 8 --rounds 1 --per-request 4 --client-procs 2
   run score 90 "$PY" bench/score_throughput.py --device cpu --no-export --arch vit_tiny_patch16_224 \
-    --n 24 --batch-size 8 --workers 2 --rounds 1
+    --n 24 --batch-size 8 --workers 2 --rounds 1 --decode processes,threads --decode-on workers,device
 fi
 echo; echo "# gpu_check.sh done in ${SECONDS}s (budget ${TOTAL_S}s)"
 

@@ -121,6 +121,9 @@ def main() -> None:
     ap.add_argument("--arch", default="vit_tiny_patch16_224", help="timm model (random weights)")
     ap.add_argument("--decode", default="processes,threads",
                     help="engine decode modes to measure, interleaved (processes, threads)")
+    ap.add_argument("--decode-on", default="workers",
+                    help="where JPEGs are decoded, each measured per decode mode: workers (Pillow), device "
+                         "(bytes to the model's device: nvJPEG on CUDA; the workers read headers only)")
     ap.add_argument(
         "--no-export", action="store_true", help="score the eager checkpoint instead of an export"
     )
@@ -155,8 +158,10 @@ def main() -> None:
             "decode-only": lambda: decode_only(inputs, detector.config, workers),
         }
         for mode in args.decode.split(","):
-            mode_opts = dataclasses.replace(opts, decode=mode)
-            measure[f"engine-{mode}"] = lambda o=mode_opts: engine(detector, inputs, work / "out.jsonl", o)
+            for place in args.decode_on.split(","):
+                mode_opts = dataclasses.replace(opts, decode=mode, decode_on=place)
+                key = f"engine-{mode}" + ("" if place == "workers" else f"-{place}")
+                measure[key] = lambda o=mode_opts: engine(detector, inputs, work / "out.jsonl", o)
         results: dict[str, list[float]] = {name: [] for name in measure}
         for r in range(args.rounds):
             k = r % len(measure)
@@ -178,6 +183,8 @@ def main() -> None:
             "decode-only": "decode-only (read + decode + crop to uint8, threads)",
             "engine-processes": "local engine, decode in processes",
             "engine-threads": "local engine, decode in threads",
+            "engine-processes-device": "local engine, JPEGs decoded on the model's device, headers in processes",
+            "engine-threads-device": "local engine, JPEGs decoded on the model's device, headers in threads",
         }
         for key, rates in results.items():
             med = statistics.median(rates)

@@ -142,7 +142,7 @@ def score_files_ray(
             ScoreActor,
             fn_constructor_kwargs=dict(
                 model=opts.model, backend=opts.backend, device=opts.device, max_pixels=opts.max_pixels,
-                evidence=Evidence.of(opts), aggregate=opts.aggregate,
+                evidence=Evidence.of(opts, "cuda" if gpus else "cpu"), aggregate=opts.aggregate,
             ),
             batch_size=opts.batch_size,
             batch_format="numpy",

@@ -30,6 +30,7 @@ from PIL import Image
 
 from models.config import DetectorConfig
 from models.faces import FacePlan, plan_faces, summarize
+from models.jpeg_decode import prepare_raw
 from models.prepare import Limits, decode, prepare
 from models.preprocess import DEFAULT_MAX_PIXELS, ImageError, eval_views
 from models.provenance import read_provenance
@@ -56,6 +57,9 @@ from service.writers import (
 )
 
 DECODE_MODES = ("auto", "processes", "threads")
+# Where JPEGs are decoded: by the decode workers (Pillow) or on the model's device from their
+# bytes (models/jpeg_decode.py: nvJPEG on CUDA); auto = the device when the model is on CUDA.
+DECODE_PLACES = ("auto", "workers", "device")
 # `auto` decodes in processes from this many cores up. On 2 cores with uint8 views decoding
 # is 5-10% of the work and processes showed no stable gain over threads (runs alternated,
 # docs/performance.md) while adding their start-up; on a GPU host the CPU side is all
@@ -74,7 +78,8 @@ class ScoreOptions:
     device: str = "auto"
     batch_size: int = 32
     workers: int = 0  # 0 = default_workers(); the Ray engine reads it as the actor count
-    decode: str = "auto"  # where the local engine decodes: DECODE_MODES
+    decode: str = "auto"  # how the local engine's workers run: DECODE_MODES
+    decode_on: str = "auto"  # where JPEGs are decoded: DECODE_PLACES
     prefetch: int = 2  # batches decoded ahead of the model
     only_synthetic: bool = False
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -94,6 +99,8 @@ class ScoreOptions:
             raise ValueError(f"--workers={self.workers}; it must be at least 1 (or 0 for the default)")
         if self.decode not in DECODE_MODES:
             raise ValueError(f"--decode={self.decode!r}; choose one of {', '.join(DECODE_MODES)}")
+        if self.decode_on not in DECODE_PLACES:
+            raise ValueError(f"--decode-on={self.decode_on!r}; choose one of {', '.join(DECODE_PLACES)}")
         if self.max_pixels < 1:
             raise ValueError(f"--max-pixels={self.max_pixels}; it must be positive")
         if self.aggregate not in AGGREGATES:
@@ -139,6 +146,7 @@ class Prepared:
     video: tuple | None = None  # (VideoFacts, frames) for video files
     faces: bool = False  # face mode ran (plans hold face crops)
     image: Image.Image | None = None  # kept only when heatmaps are asked for
+    jpeg: bytes | None = None  # instead of views: decoded on the model's device (decode_on="device")
 
     def all_views(self) -> list[np.ndarray]:
         if self.views is not None:
@@ -154,10 +162,12 @@ class Evidence:
     sampling: Sampling = Sampling()
     video_limits: VideoLimits = VideoLimits()
     keep_image: bool = False
+    raw_jpeg: bool = False  # JPEGs the model's device can decode keep their bytes (decode_on)
 
     @classmethod
-    def of(cls, opts: ScoreOptions) -> Evidence:
-        return cls(opts.faces, opts.sampling, opts.video_limits, opts.heatmaps is not None)
+    def of(cls, opts: ScoreOptions, device: str = "cpu") -> Evidence:
+        raw = opts.decode_on == "device" or (opts.decode_on == "auto" and device == "cuda")
+        return cls(opts.faces, opts.sampling, opts.video_limits, opts.heatmaps is not None, raw)
 
 
 def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits, evidence: Evidence = Evidence()) -> Prepared:
@@ -175,8 +185,9 @@ def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits, evidence: E
             img, facts = decode(data, limits)
             provenance = read_provenance(data)
         else:
-            item = prepare(data, cfg, limits)
-            return Prepared(path, item.views, item.facts.width, item.facts.height, provenance=item.provenance)
+            item = (prepare_raw if evidence.raw_jpeg else prepare)(data, cfg, limits)
+            return Prepared(path, item.views, item.facts.width, item.facts.height, provenance=item.provenance,
+                            jpeg=item.jpeg)
     except ImageError as e:
         # An undecodable image can still declare itself generated; the row then says so.
         return Prepared(path, None, error=f"{e.kind}: {e}", provenance=read_provenance(data))
@@ -216,11 +227,13 @@ def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean")
     import json
 
     cfg = detector.config
-    ok = [it for it in items if it.error is None]
+    items, scored_raw = _device_scored(detector, items)
+    ok = [it for it in items if it.error is None and it.jpeg is None]
     counts = [len(it.all_views()) for it in ok]
     probs = detector.probabilities_from_views([v for it in ok for v in it.all_views()])
     offsets = np.cumsum([0, *counts])
     scored = {id(it): _scored(it, probs[offsets[i] : offsets[i + 1]], cfg, aggregate) for i, it in enumerate(ok)}
+    scored.update(scored_raw)
     rows = []
     for it in items:
         score, detail = scored.get(id(it), (None, None))
@@ -244,6 +257,21 @@ def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean")
             )
         )
     return rows
+
+
+def _device_scored(detector, items: Sequence[Prepared]) -> tuple[list[Prepared], dict[int, tuple[float, None]]]:
+    """Score the items sent as JPEG bytes in one batch on the model's device: (items, with a file the
+    device could not decode turned into the error row the workers would give; {id: (score, None)})."""
+    from dataclasses import replace
+
+    raw = [it for it in items if it.error is None and it.jpeg is not None]
+    if not raw:
+        return list(items), {}
+    probs = detector.probabilities_from_jpegs([it.jpeg for it in raw])
+    bad = {id(it) for it, p in zip(raw, probs, strict=True) if np.isnan(p)}
+    error = "truncated: the JPEG data is truncated or corrupt; re-export or re-copy the file"
+    items = [replace(it, jpeg=None, error=error, width=None, height=None) if id(it) in bad else it for it in items]
+    return items, {id(it): (float(p), None) for it, p in zip(raw, probs, strict=True) if id(it) not in bad}
 
 
 def add_heatmaps(detector, items: Sequence[Prepared], rows: list[dict[str, Any]], folder: Path, grid: int) -> None:
@@ -341,7 +369,8 @@ def _slices(items: Sequence[str], parts: int) -> list[Sequence[str]]:
 
 
 def _run_batches(detector, todo: Sequence[str], opts: ScoreOptions, state: JobState, sink, bar) -> None:
-    cfg, limits, evidence = detector.config, Limits(max_pixels=opts.max_pixels), Evidence.of(opts)
+    cfg, limits = detector.config, Limits(max_pixels=opts.max_pixels)
+    evidence = Evidence.of(opts, detector.backend.device)
     batches = _chunks(todo, opts.batch_size)
     workers = opts.workers or default_workers()
     with decode_pool(decode_mode(opts, todo), workers) as pool:

@@ -48,6 +48,9 @@ def register(subparsers) -> None:
         help="local engine: decode in worker processes (no GIL contention with the model) or threads; "
         "auto = processes on hosts with 8+ cores",
     )
+    p.add_argument("--decode-on", choices=("auto", "workers", "device"), default="auto",
+                   help="where JPEGs are decoded: by the decode workers (Pillow) or from their bytes on the model's "
+                        "device (nvJPEG on a GPU); auto = device when the model runs on CUDA")
     p.add_argument("--only-synthetic", action="store_true", help="write only rows flagged synthetic")
     p.add_argument("--engine", choices=("local", "ray"), default="local")
     p.add_argument(
@@ -83,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         decode=args.decode,
+        decode_on=args.decode_on,
         only_synthetic=args.only_synthetic,
         max_pixels=DEFAULT_MAX_PIXELS if args.max_pixels is None else args.max_pixels,
         overwrite=args.overwrite,

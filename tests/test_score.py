@@ -78,6 +78,30 @@ def test_thread_decoding_gives_the_same_rows_as_process_decoding(images, referen
     assert rows["processes"] == rows["threads"] == reference[0]
 
 
+@pytest.mark.parametrize("decode", ["threads", "processes"])
+def test_jpegs_decoded_on_the_model_device_score_as_the_workers_decode_them(images, tiny_checkpoint, tmp_path,
+                                                                            decode):
+    jpg = [p for p in images if p.endswith(".jpg") and "broken" not in p][0]
+    whole = open(jpg, "rb").read()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "garbled.jpg").write_bytes(whole[:200] + b"\x00" * 64 + b"\xff\xd9")  # header ok, stream not
+    inputs = [*images, str(tmp_path / "in" / "garbled.jpg")]
+    rows = {}
+    for place in ("workers", "device"):
+        score_files(inputs, tmp_path / f"{place}.jsonl", opts(tiny_checkpoint, decode=decode, decode_on=place))
+        rows[place] = read_rows(tmp_path / f"{place}.jsonl")
+    workers, device = rows["workers"], rows["device"]
+    assert [r["path"] for r in device] == inputs
+    for w, d in zip(workers, device, strict=True):
+        assert (d["width"], d["height"], d["label"], d["error"] is None) == (
+            w["width"], w["height"], w["label"], w["error"] is None)
+        if w["error"] is None:
+            assert d["score"] == pytest.approx(w["score"], abs=1e-6)
+        else:
+            assert d["error"].split(":")[0] == w["error"].split(":")[0]  # the same kind of error row
+    assert device[-1]["error"].startswith("truncated")
+
+
 def test_unknown_decode_mode_is_refused_with_the_choices(tiny_checkpoint):
     with pytest.raises(ValueError, match="auto, processes, threads"):
         opts(tiny_checkpoint, decode="gpu")
