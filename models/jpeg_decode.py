@@ -102,14 +102,21 @@ def _decode(blobs: Sequence[bytes], device: str) -> list[torch.Tensor | None]:
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:  # one bad stream fails the batch: decode one by one to find it
-            out: list[torch.Tensor | None] = []
-            for d in data:
-                try:
-                    out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
-                except RuntimeError:
-                    out.append(None)
-            return out
+        except RuntimeError:  # one stream fails the batch: decode one by one to find it
+            return [_decode_one(d, device) for d in data]
+
+
+def _decode_one(data: torch.Tensor, device: str) -> torch.Tensor | None:
+    """One stream on `device`, else with libjpeg-turbo on the CPU (a valid JPEG that nvJPEG does
+    not support is still scored, as the front would); None only when neither decodes it."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    for where in (device, "cpu"):  # on a CPU model a bad stream is tried twice: rare, and cheap
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=where).to(device)
+        except RuntimeError:
+            continue
+    return None
 
 
 def device_views(blobs: Sequence[bytes], pre: PreprocessConfig, device: str) -> list[torch.Tensor | None]:

@@ -84,3 +84,22 @@ def test_detector_scores_jpegs_as_it_scores_their_views(tiny_checkpoint):
     ref = det.probabilities_from_views([eval_pixels(decode_image(b)[0], det.config.preprocess) for b in blobs])
     assert np.isnan(probs[1])  # does not decode: NaN, and only for that file
     np.testing.assert_allclose(np.delete(probs, 1), ref, rtol=0, atol=1e-6)
+
+
+def test_a_stream_the_device_refuses_is_decoded_on_the_cpu(monkeypatch):
+    """nvJPEG does not take every valid JPEG: such a file falls back to libjpeg-turbo, not to an error."""
+    import torchvision.io
+
+    real, calls = torchvision.io.decode_jpeg, []
+
+    def device_refuses(data, mode, device):
+        calls.append("batch" if isinstance(data, list) else "one")
+        if len(calls) <= 2:  # the batched call and the stream's first try (on the model's device) fail
+            raise RuntimeError("nvjpeg: unsupported stream")
+        return real(data, mode=mode, device=device)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", device_refuses)
+    cfg, data = CASES["center crop"]
+    [views] = device_views([data], cfg.preprocess, "cpu")
+    assert calls == ["batch", "one", "one"]  # then the CPU decoded it
+    np.testing.assert_array_equal(views.numpy(), eval_pixels(decode_image(data)[0], cfg.preprocess))
