@@ -357,9 +357,8 @@ class Detector:
         return out
 
     @bentoml.api(route="/detect_video")
-    async def detect_video(self, video: Path, frames: Frames = 16,
-                           per_second: PerSecond = 0.0, keyframes: Flag = False, faces: Flag = False,
-                           aggregate: Aggregate = "mean") -> dict:
+    async def detect_video(self, video: Path, frames: Frames = 16, per_second: PerSecond = 0.0,
+                           keyframes: Flag = False, faces: Flag = False, aggregate: Aggregate = "mean") -> dict:
         """Score a video (multipart field `video`): sampled frames (N uniform, or per_second when > 0), aggregate
         (mean or max) for the verdict, share of frames flagged, and the per-frame timeline."""
         start = time.perf_counter()
