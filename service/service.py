@@ -13,8 +13,8 @@ Two BentoML services in one bento:
   float32) and are normalised in the model process, on its device (models/preprocess.py).
   With FAKELENS_DECODE=model (the default when the model is on CUDA) a JPEG crosses as its
   file bytes instead and `score_jpeg` decodes the batch there (nvJPEG; models/jpeg_decode.py).
-- The upload is parsed once, by the guard (service/upload.py); BentoML sees empty
-  placeholders and the endpoints read the guard's files (`uploads`).
+- The upload is parsed once, by the guard (service/upload.py); BentoML sees one empty
+  placeholder per file field and the endpoints read the guard's files (`uploads`).
 
 Settings come from FAKELENS_* environment variables read at import (service/settings.py).
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -47,7 +48,7 @@ from service.metrics_labels import bound_endpoint_labels
 from service.page import page_app, page_paths
 from service.routes import OPEN_PATHS, SYSTEM_PATHS, api_routes
 from service.settings import ServeSettings
-from service.upload import kept_upload
+from service.upload import kept_count, kept_upload
 from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
 SETTINGS = ServeSettings.from_env()
@@ -94,23 +95,25 @@ async def gather_items(calls) -> list:
     return outcomes
 
 
+@dataclass(frozen=True)
 class Upload:
-    """One uploaded file: the bytes the guard parsed (service/upload.py), or BentoML's temp file
-    where no guard stood in front. `read()` blocks: call it in a worker thread."""
+    """One uploaded file as the guard parsed it (service/upload.py: BentoML's own `Path` argument is
+    an empty placeholder). `read()` blocks: call it in a worker thread."""
 
-    def __init__(self, scope: dict, field: str, index: int, path: Path) -> None:
-        self.scope, self.field, self.index, self.path = scope, field, index, path
+    scope: dict
+    field: str
+    index: int
 
     def read(self) -> bytes:
-        kept = kept_upload(self.scope, self.field, self.index)
-        return self.path.read_bytes() if kept is None else kept
+        return kept_upload(self.scope, self.field, self.index)
 
 
-def uploads(field: str, paths: list[Path]) -> list[Upload]:
-    """The request's files of `field`. (Not a `ctx: bentoml.Context` parameter: with one, BentoML
-    overwrites the status of every Response an endpoint returns, our 4xx errors included, with 200.)"""
-    scope = Detector.context.request.scope  # the request being handled (a context variable)
-    return [Upload(scope, field, i, p) for i, p in enumerate(paths)]
+def uploads(field: str) -> list[Upload]:
+    """The files of `field` in the request being handled (a context variable of BentoML's).
+    (Not a `ctx: bentoml.Context` parameter: with one, BentoML overwrites the status of every
+    Response an endpoint returns, our 4xx errors included, with 200.)"""
+    scope = Detector.context.request.scope
+    return [Upload(scope, field, i) for i in range(kept_count(scope, field))]
 
 
 def read_and_prepare(upload: Upload, cfg: DetectorConfig, raw_jpeg: bool) -> Prepared:
@@ -260,7 +263,7 @@ class Detector:
         """Score one image (multipart field `image`): label, calibrated score, threshold, facts, provenance.
 
         faces=true scores each detected face crop; the score is the max over faces."""
-        [upload] = uploads("image", [image])
+        [upload] = uploads("image")
         if faces:
             return await self.detect_faces(upload)
         start = time.perf_counter()
@@ -282,7 +285,7 @@ class Detector:
         faces=true scores each image in face mode, as /detect does (max over its face crops)."""
         start = time.perf_counter()
         try:
-            files = uploads("images", images)
+            files = uploads("images")
             results = await (self.batch_faces(files) if faces else self.batch_plain(files))
         except ServiceError as err:
             return error_response(err)
@@ -342,7 +345,7 @@ class Detector:
         """Where the evidence is: per-cell occlusion relevance (`heatmap`) and a base64 overlay PNG."""
         start = time.perf_counter()
         try:
-            [upload] = uploads("image", [image])
+            [upload] = uploads("image")
             cfg, item = await self.upload(upload, evidence.plan_explain, LIMITS, grid)
             views = np.concatenate([item.views, item.occluded])
             size = SETTINGS.max_batch_size
@@ -365,7 +368,7 @@ class Detector:
         try:
             limits = VideoLimits(SETTINGS.max_video_seconds, SETTINGS.max_video_frames, SETTINGS.max_pixels)
             sampling = Sampling(frames=frames, per_second=per_second or None, keyframes=keyframes)
-            [upload] = uploads("video", [video])
+            [upload] = uploads("video")
             cfg, item = await self.upload(upload, evidence.plan_video, sampling, limits, faces)
             probs = await self.score_views(item.views)
         except ServiceError as err:

@@ -12,20 +12,17 @@ body in memory. It enforces, in the service's own error format:
 - the worker's budget of body bytes in flight (`ByteBudget`): beyond it, 503 + Retry-After;
 - the number of parts (413 past the route's file limit, not python-multipart's 400 at 1,000).
 
-`canonical_request` hands BentoML a fresh multipart body with only the route's fields,
-file names replaced by short safe ones (`upload-0.jpg`: BentoML uses the client's name as a
-temp-file suffix, where 255+ bytes or a NUL byte became a 500 or a pydantic error body),
-and each file part empty: the parsed files travel beside it in the request scope
-(`kept_upload`), so an upload is parsed once and never copied to a second temp file.
-BentoML parsing the whole body again, writing each file out and the endpoint reading it
-back cost about a quarter of the front process's CPU per image (docs/performance.md).
+`canonical_request` hands BentoML a fresh multipart body with the route's text fields (the
+options) and one empty placeholder per file field; the parsed files travel beside it in the
+request scope (`kept_upload`), so an upload is parsed once and never copied: BentoML parsing
+the whole body again, writing each file to a temp file and the endpoint reading it back cost
+a quarter of the front's CPU per image (docs/performance.md). It also keeps the client's file
+name from BentoML, which used it as a temp-file suffix (255+ bytes or a NUL byte made a 500).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -45,8 +42,6 @@ from service.routes import Route
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the file bytes
 MAX_TEXT_FIELDS = 16  # form fields that are not files; our endpoints take none today
-SAFE_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
-SAFE_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9.+-]{1,64}/[A-Za-z0-9.+-]{1,64}$")
 UPLOADS = "fakelens.uploads"  # scope key: the guard's parsed files, {field: [UploadFile, ...]} in form order
 
 
@@ -209,37 +204,20 @@ async def read_form(scope, receive, route: Route, limits: BodyLimits, budget: By
     return form, body
 
 
-def safe_filename(name: str | None, index: int) -> str:
-    suffix = os.path.splitext(name or "")[1]
-    return f"upload-{index}{suffix.lower() if SAFE_SUFFIX.match(suffix) else ''}"
-
-
-def _part_head(boundary: str, field: str, filename: str | None, content_type: str | None) -> bytes:
+def _part_head(boundary: str, field: str, filename: str | None = None) -> bytes:
     disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename is not None else "")
-    head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-    if content_type:
-        head += f"Content-Type: {content_type}\r\n"
-    return (head + "\r\n").encode()
+    return f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode()
 
 
 def canonical_request(scope, receive, form: FormData, route: Route):
-    """(scope, receive) presenting only the route's fields, files under safe names and empty;
-    the files themselves ride in scope[UPLOADS]."""
+    """(scope, receive) presenting the route's text fields and one empty file per file field to
+    BentoML; the route's files ride in scope[UPLOADS]."""
     boundary = uuid.uuid4().hex
-    parts: list[bytes] = []
-    kept: dict[str, list[UploadFile]] = {}
-    index = 0
-    for field in route.files:
-        kept[field] = form.getlist(field)
-        for upload in kept[field]:
-            ctype = upload.content_type if SAFE_MEDIA_TYPE.match(upload.content_type or "") else None
-            parts.append(_part_head(boundary, field, safe_filename(upload.filename, index),
-                                    ctype or "application/octet-stream"))
-            index += 1
-    for field in route.fields:
-        for value in form.getlist(field):
-            if isinstance(value, str):
-                parts.append(_part_head(boundary, field, None, None) + value.encode())
+    # BentoML's input model requires each file field; one empty placeholder per field (not per
+    # file) satisfies it at the cost of one empty temp file per request
+    parts = [_part_head(boundary, field, "placeholder") for field in route.files]
+    parts += [_part_head(boundary, field) + value.encode()
+              for field in route.fields for value in form.getlist(field) if isinstance(value, str)]
     body = b"".join(part + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode()
     sent = False
 
@@ -254,16 +232,20 @@ def canonical_request(scope, receive, form: FormData, route: Route):
                                                                    b"transfer-encoding")]
     headers += [(b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
                 (b"content-length", str(len(body)).encode())]
+    kept = {field: form.getlist(field) for field in route.files}
     return {**scope, "headers": headers, UPLOADS: kept}, replay
 
 
-def kept_upload(scope, field: str, index: int) -> bytes | None:
-    """The bytes of the `index`-th file of `field` as the guard parsed it (None: no guard in front).
+def kept_count(scope, field: str) -> int:
+    if UPLOADS not in scope:
+        raise RuntimeError("no upload guard in front of this endpoint (service/guard.py parses the uploads)")
+    return len(scope[UPLOADS].get(field, []))
+
+
+def kept_upload(scope, field: str, index: int) -> bytes:
+    """The bytes of the `index`-th file of `field` as the guard parsed it.
 
     Synchronous reads of a spooled file: call it in a worker thread, not on the event loop."""
-    kept = scope.get(UPLOADS)
-    if kept is None:
-        return None
-    upload = kept[field][index]
+    upload = scope[UPLOADS][field][index]
     upload.file.seek(0)
     return upload.file.read()

@@ -1,4 +1,5 @@
-"""The guard parses an upload once (service/upload.py): BentoML gets empty placeholders, the bytes ride in the scope."""
+"""The guard parses an upload once (service/upload.py): BentoML gets the options and an empty placeholder,
+the files ride in the scope."""
 
 from __future__ import annotations
 
@@ -6,10 +7,19 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from starlette.requests import Request
 
 from service.routes import Route
-from service.upload import UPLOADS, BodyLimits, ByteBudget, canonical_request, kept_upload, read_form
+from service.upload import (
+    UPLOADS,
+    BodyLimits,
+    ByteBudget,
+    canonical_request,
+    kept_count,
+    kept_upload,
+    read_form,
+)
 
 ROUTE = Route("/detect_batch", {"images": True}, ("faces",))
 
@@ -34,12 +44,12 @@ async def _guard_then_bentoml(files, data):
     form, body = await read_form(scope, receive, ROUTE, BodyLimits(10**7, 8, 5.0), ByteBudget(10**8))
     inner_scope, inner_receive = canonical_request(scope, receive, form, ROUTE)
     seen = await Request(inner_scope, inner_receive).form()  # what BentoML's MultipartSerde parses
-    kept = [kept_upload(inner_scope, "images", i) for i in range(len(seen.getlist("images")))]
-    parts = [(f.filename, f.content_type, await f.read()) for f in seen.getlist("images")]
-    extra = {k: v for k, v in seen.multi_items() if k != "images"}
+    kept = [kept_upload(inner_scope, "images", i) for i in range(kept_count(inner_scope, "images"))]
+    names = [u.filename for u in inner_scope[UPLOADS]["images"]]
+    parts = {k: (v.filename, await v.read()) if hasattr(v, "read") else v for k, v in seen.multi_items()}
     await form.close()
     body.release()
-    return inner_scope, kept, parts, extra
+    return inner_scope, kept, names, parts
 
 
 def test_uploads_are_parsed_once_and_reach_the_endpoint_whole_and_in_order():
@@ -49,15 +59,15 @@ def test_uploads_are_parsed_once_and_reach_the_endpoint_whole_and_in_order():
     files.append(("ignored", ("other.jpg", b"zz", "image/jpeg")))  # not a field of the route
     # a thread of its own: an earlier test (the browser's sync API) may leave a loop running in this one
     with ThreadPoolExecutor(1) as pool:
-        scope, kept, parts, extra = pool.submit(
+        scope, kept, names, seen = pool.submit(
             lambda: asyncio.run(_guard_then_bentoml(files, {"faces": "true", "junk": "1"}))).result()
     assert kept == payloads  # every byte, in form order, from the guard's own parse
-    assert [p[2] for p in parts] == [b"", b"", b""]  # BentoML re-parses placeholders, not the images
-    assert [p[0] for p in parts] == ["upload-0.jpg", "upload-1.png", "upload-2.webp"]
-    assert all(p[1] == "image/jpeg" for p in parts)
-    assert extra == {"faces": "true"}  # the route's text fields only
+    assert names[0] == "a.jpg" and len(names) == 3  # the route's field only ("ignored" is dropped)
+    # BentoML parses the route's text fields and one empty placeholder: no file bytes, no client file names
+    assert seen == {"images": ("placeholder", b""), "faces": "true"}
     assert list(scope[UPLOADS]) == ["images"]
 
 
-def test_without_a_guard_the_endpoint_reads_its_file():
-    assert kept_upload({"type": "http"}, "image", 0) is None
+def test_without_a_guard_the_endpoint_refuses_to_guess():
+    with pytest.raises(RuntimeError, match="no upload guard"):
+        kept_count({"type": "http"}, "image")
