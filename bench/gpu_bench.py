@@ -211,29 +211,30 @@ def photo_jpegs(n: int, size: int, seed: int = 0) -> list[bytes]:
 
 
 def section_decode(args) -> None:
-    """JPEG -> 224 centre crop -> normalised float input: GPU (nvJPEG) vs CPU (Pillow, threads)."""
+    """JPEG -> 224 centre crop -> normalised float input: the model process's path (models/jpeg_decode.py:
+    torchvision decode_jpeg on the device, nvJPEG on CUDA) vs the front's (Pillow, threads), and how far
+    the device's pixels are from Pillow's (bit-identical on CPU; nvJPEG's IDCT may differ)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from torchvision.io import decode_jpeg
-
     from models.config import PreprocessConfig
+    from models.jpeg_decode import device_views
     from models.preprocess import decode_image, eval_pixels, normalize_views
 
     device = args.device
     pre = PreprocessConfig(img_size=224)
     jpegs = photo_jpegs(args.n, args.size)
-    datas = [torch.frombuffer(bytearray(j), dtype=torch.uint8) for j in jpegs]
-    s, o = 224, (args.size - 224) // 2
 
     def gpu() -> None:
-        imgs = decode_jpeg(datas, device=device)  # list of 3 x H x W uint8, on the device
-        crops = torch.stack([im[:, o : o + s, o : o + s] for im in imgs]).permute(0, 2, 3, 1)
-        normalize_views(crops, pre)
+        normalize_views(torch.cat(device_views(jpegs, pre, device)), pre)
 
     def cpu(pool) -> None:
         views = list(pool.map(lambda j: eval_pixels(decode_image(j)[0], pre), jpegs))
         normalize_views(torch.from_numpy(np.concatenate(views)), pre)
 
+    distinct = jpegs[: min(len(jpegs), 64)]
+    dev = torch.cat(device_views(distinct, pre, device)).cpu().to(torch.int16)
+    ref = torch.from_numpy(np.concatenate([eval_pixels(decode_image(j)[0], pre) for j in distinct])).to(torch.int16)
+    diff = (dev - ref).abs()
     threads = args.threads
     with ThreadPoolExecutor(threads) as pool:
         gpu()
@@ -246,10 +247,12 @@ def section_decode(args) -> None:
           f"median of {args.repeats}")
     print("| path | img/s | runs |")
     print("|---|---:|---|")
-    print(f"| torchvision.io.decode_jpeg(device={device!r}), batched | {statistics.median(res['gpu']):,.0f} | "
-          f"{', '.join(f'{x:,.0f}' for x in res['gpu'])} |")
+    print(f"| models.jpeg_decode.device_views(device={device!r}) (torchvision decode_jpeg, batched) | "
+          f"{statistics.median(res['gpu']):,.0f} | {', '.join(f'{x:,.0f}' for x in res['gpu'])} |")
     print(f"| Pillow decode_image + eval_pixels, {threads} threads | {statistics.median(res['cpu']):,.0f} | "
           f"{', '.join(f'{x:,.0f}' for x in res['cpu'])} |")
+    print(f"pixels vs Pillow ({len(distinct)} files): max abs diff {int(diff.max())} levels, "
+          f"{100 * float((diff > 0).float().mean()):.3f}% of values differ")
 
 
 def section_pixels(args) -> None:
