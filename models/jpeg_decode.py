@@ -48,9 +48,11 @@ def raw_facts(data: bytes, cfg: DetectorConfig, limits: Limits) -> ImageFacts | 
         img = Image.open(io.BytesIO(data), formats=["JPEG"])
         width, height = img.size
         turned = img.getexif().get(EXIF_ORIENTATION, 1) != 1
+        # MPO (several pictures in one file, as some phones write): the front path reports its frames
+        single = img.format == "JPEG" and getattr(img, "n_frames", 1) == 1
     except Exception:  # any header Pillow cannot read: the usual path gives the error for it
         return None
-    if img.mode not in DEVICE_MODES or turned or width * height > limits.max_pixels:
+    if not single or img.mode not in DEVICE_MODES or turned or width * height > limits.max_pixels:
         return None
     return ImageFacts(format="JPEG", width=width, height=height, mode=img.mode, frames=1)
 
@@ -66,7 +68,6 @@ def prepare_raw(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> 
 
 def crop_or_pad(img: torch.Tensor, size: int, top: int, left: int) -> torch.Tensor:
     """`models.preprocess.crop_or_pad` on an H x W x 3 tensor: int16 with -1 where padded."""
-    h, w = img.shape[:2]
     top, left = max(top, 0), max(left, 0)
     out = img[top : top + size, left : left + size]
     ph, pw = size - out.shape[0], size - out.shape[1]

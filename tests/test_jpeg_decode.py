@@ -63,11 +63,19 @@ def test_raw_route_only_for_jpegs_both_paths_decode_alike():
         "rotated by EXIF": _photo((40, 40), exif=exif.tobytes()),
         "truncated": ok[: len(ok) // 2],
     }
+    refused["mpo (two pictures)"] = _mpo()
     for name, data in refused.items():
         assert raw_facts(data, cfg, limits) is None, name
     assert raw_facts(ok, tiny_config(crop_mode="resize"), limits) is None  # Pillow's bicubic is not reproduced
     assert raw_facts(ok, cfg, Limits(max_pixels=1000)) is None  # over the limit: the front says why
     assert prepare_raw(refused["png"], cfg, limits).views is not None  # decoded in the front as before
+
+
+def _mpo() -> bytes:
+    buf = io.BytesIO()
+    first, second = Image.new("RGB", (40, 40), (200, 10, 10)), Image.new("RGB", (40, 40), (10, 10, 200))
+    first.save(buf, format="MPO", save_all=True, append_images=[second])
+    return buf.getvalue()
 
 
 def _png() -> bytes:
