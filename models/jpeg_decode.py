@@ -25,14 +25,17 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 
 from models.config import DetectorConfig, PreprocessConfig
 from models.prepare import Limits, Prepared, prepare
 from models.preprocess import EXIF_ORIENTATION, ImageFacts, tile_origins
 from models.provenance import read_provenance
+
+if TYPE_CHECKING:
+    import torch
 
 JPEG_START, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 DEVICE_MODES = ("RGB", "L")  # what decode_jpeg(mode=RGB) turns into the same RGB as Pillow's convert
@@ -68,6 +71,8 @@ def prepare_raw(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> 
 
 def crop_or_pad(img: torch.Tensor, size: int, top: int, left: int) -> torch.Tensor:
     """`models.preprocess.crop_or_pad` on an H x W x 3 tensor: int16 with -1 where padded."""
+    import torch  # here, not at the top: the scorer's decode workers run prepare_raw without torch
+
     top, left = max(top, 0), max(left, 0)
     out = img[top : top + size, left : left + size]
     ph, pw = size - out.shape[0], size - out.shape[1]
@@ -81,6 +86,8 @@ def crop_or_pad(img: torch.Tensor, size: int, top: int, left: int) -> torch.Tens
 
 def cut_views(img: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
     """`models.preprocess.eval_pixels` for a decoded H x W x 3 uint8 tensor: V x S x S x 3."""
+    import torch
+
     s = pre.img_size
     h, w = img.shape[:2]
     if pre.views == "center":
@@ -94,6 +101,7 @@ def cut_views(img: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
 
 def _decode(blobs: Sequence[bytes], device: str) -> list[torch.Tensor | None]:
     """C x H x W uint8 per blob (None where it does not decode); one batched call when all do."""
+    import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]

@@ -237,3 +237,14 @@ def test_cli_exit_codes(images, tiny_checkpoint, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["score", images[0], "-o", str(tmp_path / "x.txt"), "--model", str(tiny_checkpoint)]) == 2
     assert "unknown extension" in capsys.readouterr().err
+
+
+def test_decode_workers_import_no_torch():
+    """The scorer's decode processes preload service.score: it must not pull in torch (1.4 s and
+    hundreds of MB per worker); the model side imports it where it is used."""
+    import subprocess
+    import sys
+
+    code = "import sys, service.score, models.jpeg_decode; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
