@@ -126,14 +126,26 @@ def undecodable() -> ServiceError:
                                                     "re-upload the file"))
 
 
+def decodes_in_model(device: str) -> bool:
+    """FAKELENS_DECODE: JPEG bytes go to the model process (auto: where the model runs on CUDA)."""
+    return SETTINGS.decode == "model" or (SETTINGS.decode == "auto" and device == "cuda")
+
+
 def warm_up(detector: LoadedDetector, batch_size: int) -> None:
-    """Run the model at batch 1 and at a full batch so the first requests pay no lazy init."""
+    """Run the model at batch 1 and at a full batch so the first requests pay no lazy init (the
+    JPEG decoder too, where JPEGs are decoded here: nvJPEG's first call sets up its state)."""
+    import io
+
     from PIL import Image
 
     size = detector.config.preprocess.img_size
     blank = Image.new("RGB", (size, size), (127, 127, 127))
     for n in (1, min(batch_size, 8)):
         detector.probabilities([blank] * n)
+    if decodes_in_model(detector.info["device"]):
+        jpeg = io.BytesIO()
+        blank.save(jpeg, format="JPEG")
+        detector.probabilities_from_jpegs([jpeg.getvalue()])
 
 
 @bentoml.service(
@@ -217,8 +229,7 @@ class Detector:
                     desc = await self.model.to_async.describe()
                     info = desc["info"]
                     self.model_info = {k: info[k] for k in ("name", "version", "backend", "device")}
-                    self.raw_jpeg = SETTINGS.decode == "model" or (SETTINGS.decode == "auto"
-                                                                   and info["device"] == "cuda")
+                    self.raw_jpeg = decodes_in_model(info["device"])
                     self.config = DetectorConfig.from_dict(desc["config"])
         return self.config
 
