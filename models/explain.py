@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from models.config import PreprocessConfig
-from models.preprocess import eval_views, resize_shorter, tile_origins
+from models.preprocess import eval_views, resize_shorter, view_origins
 
 DEFAULT_GRID = 7
 # Each view costs grid^2 + 1 forwards: 16 (257 per view) bounds what one request can ask for.
@@ -82,11 +82,7 @@ def view_offsets(width: int, height: int, pre: PreprocessConfig) -> list[tuple[i
         covered = min(s, length - origin)
         return origin - (s - covered) // 2
 
-    if pre.views == "center":
-        return [(offset(height, (height - s) // 2), offset(width, (width - s) // 2))]
-    per_axis = max(1, math.isqrt(pre.max_tiles))
-    return [(offset(height, t), offset(width, x))
-            for t in tile_origins(height, s, per_axis) for x in tile_origins(width, s, per_axis)]
+    return [(offset(height, t), offset(width, x)) for t, x in view_origins(height, width, pre)]
 
 
 def relevance_map(img: Image.Image, pre: PreprocessConfig, base_logits, occluded_logits, grid: int) -> Heat:

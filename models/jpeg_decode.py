@@ -22,7 +22,6 @@ nvJPEG's IDCT may differ by a level or two on some pixels.
 from __future__ import annotations
 
 import io
-import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -31,7 +30,7 @@ from PIL import Image
 
 from models.config import DetectorConfig, PreprocessConfig
 from models.prepare import Limits, Prepared, prepare
-from models.preprocess import EXIF_ORIENTATION, ImageFacts, tile_origins
+from models.preprocess import EXIF_ORIENTATION, ImageFacts, crop_or_pad, view_origins
 from models.provenance import read_provenance
 
 if TYPE_CHECKING:
@@ -69,34 +68,12 @@ def prepare_raw(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> 
     return Prepared(views=None, facts=facts, provenance=read_provenance(data), jpeg=data)
 
 
-def crop_or_pad(img: torch.Tensor, size: int, top: int, left: int) -> torch.Tensor:
-    """`models.preprocess.crop_or_pad` on an H x W x 3 tensor: int16 with -1 where padded."""
+def cut_views(img: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
+    """`models.preprocess.eval_pixels` for a decoded H x W x 3 uint8 tensor: V x S x S x 3, with the
+    same view origins and crop/pad (uint8 and padded int16 views stack to int16, as numpy's do)."""
     import torch  # here, not at the top: the scorer's decode workers run prepare_raw without torch
 
-    top, left = max(top, 0), max(left, 0)
-    out = img[top : top + size, left : left + size]
-    ph, pw = size - out.shape[0], size - out.shape[1]
-    if not (ph or pw):
-        return out
-    padded = torch.full((size, size, 3), -1, dtype=torch.int16, device=img.device)
-    oy, ox = ph // 2, pw // 2
-    padded[oy : oy + out.shape[0], ox : ox + out.shape[1]] = out
-    return padded
-
-
-def cut_views(img: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
-    """`models.preprocess.eval_pixels` for a decoded H x W x 3 uint8 tensor: V x S x S x 3."""
-    import torch
-
-    s = pre.img_size
-    h, w = img.shape[:2]
-    if pre.views == "center":
-        return crop_or_pad(img, s, (h - s) // 2, (w - s) // 2)[None]
-    per_axis = max(1, math.isqrt(pre.max_tiles))
-    views = [crop_or_pad(img, s, t, x) for t in tile_origins(h, s, per_axis) for x in tile_origins(w, s, per_axis)]
-    if any(v.dtype != views[0].dtype for v in views):
-        views = [v.to(torch.int16) for v in views]
-    return torch.stack(views)
+    return torch.stack([crop_or_pad(img, pre.img_size, t, x) for t, x in view_origins(*img.shape[:2], pre)])
 
 
 def _decode(blobs: Sequence[bytes], device: str) -> list[torch.Tensor | None]:

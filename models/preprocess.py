@@ -138,11 +138,12 @@ def to_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def crop_or_pad(arr: np.ndarray, size: int, top: int | None = None, left: int | None = None) -> np.ndarray:
-    """Crop an HxWx3 uint8 array to size x size at (top, left) (centre by default).
+def crop_or_pad(arr, size: int, top: int | None = None, left: int | None = None):
+    """Crop an HxWx3 uint8 array (numpy, or a torch tensor on any device: models/jpeg_decode.py)
+    to size x size at (top, left) (centre by default).
 
     Sides shorter than `size` are padded symmetrically; the pad value is marked with -1 by
-    returning a float array where normalisation maps it to 0 (the dataset mean).
+    returning an int16 array, which normalisation maps to 0 (the dataset mean).
     """
     h, w = arr.shape[:2]
     top = (h - size) // 2 if top is None else top
@@ -151,7 +152,12 @@ def crop_or_pad(arr: np.ndarray, size: int, top: int | None = None, left: int | 
     out = arr[top : top + size, left : left + size]
     ph, pw = size - out.shape[0], size - out.shape[1]
     if ph or pw:
-        padded = np.full((size, size, 3), -1, dtype=np.int16)
+        if isinstance(arr, np.ndarray):
+            padded = np.full((size, size, 3), -1, dtype=np.int16)
+        else:
+            import torch
+
+            padded = torch.full((size, size, 3), -1, dtype=torch.int16, device=arr.device)
         oy, ox = ph // 2, pw // 2
         padded[oy : oy + out.shape[0], ox : ox + out.shape[1]] = out
         return padded
@@ -189,13 +195,16 @@ def eval_pixels(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
     if pre.crop_mode == "resize":
         img = resize_shorter(img, pre.img_size)
     arr = to_array(img)
+    return np.stack([crop_or_pad(arr, pre.img_size, t, x) for t, x in view_origins(*arr.shape[:2], pre)])
+
+
+def view_origins(height: int, width: int, pre: PreprocessConfig) -> list[tuple[int, int]]:
+    """(top, left) of each eval view of an image of this size, before `crop_or_pad` clamps them."""
     s = pre.img_size
     if pre.views == "center":
-        return crop_or_pad(arr, s)[None]
+        return [((height - s) // 2, (width - s) // 2)]
     per_axis = max(1, math.isqrt(pre.max_tiles))
-    tops = tile_origins(arr.shape[0], s, per_axis)
-    lefts = tile_origins(arr.shape[1], s, per_axis)
-    return np.stack([crop_or_pad(arr, s, t, x) for t in tops for x in lefts])
+    return [(t, x) for t in tile_origins(height, s, per_axis) for x in tile_origins(width, s, per_axis)]
 
 
 def normalize_views(pixels: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:

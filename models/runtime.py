@@ -97,9 +97,7 @@ class Detector:
         views = device_views(blobs, self.config.preprocess, getattr(self.backend, "input_device", "cpu"))
         ok = [i for i, v in enumerate(views) if v is not None]
         if ok:
-            kept = [views[i] for i in ok]
-            if any(v.dtype != kept[0].dtype for v in kept):  # padded (int16) and plain (uint8) items
-                kept = [v.to(torch.int16) for v in kept]
+            kept = [views[i] for i in ok]  # uint8 and padded int16 items cat to int16: -1 stays the mark
             batch = normalize_views(torch.cat(kept), self.config.preprocess)
             logits = average_views(self.view_logits(batch), [len(v) for v in kept])
             out[ok] = calibrated_probability(logits, self.config.temperature)
