@@ -277,14 +277,14 @@ def openvino_int8_backend(folder: Path, cfg: DetectorConfig, device: str):
     rest runs at the CPU's usual precision (bf16 where available), as backend 'openvino' does."""
     from models.backends import OpenVinoBackend, _artifact, cpu_has_bf16
 
-    path = _artifact(folder, INT8_OPENVINO_FILE, "run `python -m models.quantize EXP --data DATA` (needs nncf)")
+    path = _artifact(folder, INT8_OPENVINO_FILE, "run `fakelens quantize EXP --data DATA` (needs nncf)")
     return OpenVinoBackend(path, cfg, device, "openvino-int8", "bf16" if cpu_has_bf16() else "f32")
 
 
 def onnx_int8_static_backend(folder: Path, cfg: DetectorConfig, device: str):
     from models.backends import OrtBackend, _artifact
 
-    path = _artifact(folder, INT8_STATIC_FILE, "run `python -m models.quantize EXP --data DATA`")
+    path = _artifact(folder, INT8_STATIC_FILE, "run `fakelens quantize EXP --data DATA`")
     return OrtBackend(path, cfg, device, "onnx-int8-static")
 
 
@@ -292,7 +292,7 @@ def specs() -> list:
     """Registry rows for the two runtimes of the QDQ file (models.backends.BackendSpec)."""
     from models.backends import BackendSpec
 
-    how = "export with `fakelens export ... --data DATA --int8-static` (or python -m models.quantize)"
+    how = "export with `fakelens export ... --data DATA --int8-static` (or `fakelens quantize EXP --data DATA`)"
     # The gate on validation data is the real check; the parity bound only catches a broken graph.
     return [BackendSpec("openvino-int8", openvino_int8_backend, INT8_OPENVINO_FILE, "int8", ("cpu",),
                         prob_bound=5e-2, rejects_export=False, how_to_get=how),
