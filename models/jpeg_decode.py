@@ -30,7 +30,7 @@ from PIL import Image
 
 from models.config import DetectorConfig, PreprocessConfig
 from models.prepare import Limits, Prepared, prepare
-from models.preprocess import EXIF_ORIENTATION, ImageFacts, crop_or_pad, view_origins
+from models.preprocess import EXIF_ORIENTATION, ImageError, ImageFacts, crop_or_pad, view_origins
 from models.provenance import read_provenance
 
 if TYPE_CHECKING:
@@ -57,6 +57,12 @@ def raw_facts(data: bytes, cfg: DetectorConfig, limits: Limits) -> ImageFacts | 
     if not single or img.mode not in DEVICE_MODES or turned or width * height > limits.max_pixels:
         return None
     return ImageFacts(format="JPEG", width=width, height=height, mode=img.mode, frames=1)
+
+
+def undecodable() -> ImageError:
+    """The error for a JPEG whose header read fine but whose stream did not decode on the device:
+    what the Pillow path says of such a file."""
+    return ImageError("truncated", "the JPEG data is truncated or corrupt; re-export or re-upload the file")
 
 
 def prepare_raw(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> Prepared:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from models.config import DetectorConfig
 from models.faces import FacePlan, plan_faces, summarize
-from models.jpeg_decode import prepare_raw
+from models.jpeg_decode import prepare_raw, undecodable
 from models.prepare import Limits, decode, prepare
 from models.preprocess import DEFAULT_MAX_PIXELS, ImageError, eval_views
 from models.provenance import read_provenance
@@ -269,7 +269,8 @@ def _device_scored(detector, items: Sequence[Prepared]) -> tuple[list[Prepared],
         return list(items), {}
     probs = detector.probabilities_from_jpegs([it.jpeg for it in raw])
     bad = {id(it) for it, p in zip(raw, probs, strict=True) if np.isnan(p)}
-    error = "truncated: the JPEG data is truncated or corrupt; re-export or re-copy the file"
+    err = undecodable()
+    error = f"{err.kind}: {err}"  # the row a worker's decode would have written
     items = [replace(it, jpeg=None, error=error, width=None, height=None) if id(it) in bad else it for it in items]
     return items, {id(it): (float(p), None) for it, p in zip(raw, probs, strict=True) if id(it) not in bad}
 

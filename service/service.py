@@ -36,7 +36,7 @@ from pydantic import Field, Strict
 
 from models.config import DetectorConfig
 from models.explain import MAX_GRID
-from models.preprocess import ImageError
+from models.jpeg_decode import undecodable
 from models.provenance import env_trust_anchors
 from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
@@ -118,12 +118,6 @@ def uploads(field: str) -> list[Upload]:
 
 def read_and_prepare(upload: Upload, cfg: DetectorConfig, raw_jpeg: bool) -> Prepared:
     return prepare_upload(upload.read(), cfg, LIMITS, raw_jpeg)
-
-
-def undecodable() -> ServiceError:
-    """A JPEG whose header read fine in the front but whose stream the model process could not decode."""
-    return from_image_error(ImageError("truncated", "the JPEG data is truncated or corrupt; re-export or "
-                                                    "re-upload the file"))
 
 
 def decodes_in_model(device: str) -> bool:
@@ -249,7 +243,7 @@ class Detector:
         )
         out: list[float | ServiceError] = [0.0] * len(items)
         for index, value in zip(cut + raw, [*parts[0], *parts[1]], strict=True):
-            out[index] = undecodable() if value == NOT_DECODED else value
+            out[index] = from_image_error(undecodable()) if value == NOT_DECODED else value
         return out
 
     async def call_model(self, method, payload):
