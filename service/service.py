@@ -41,7 +41,7 @@ from models.provenance import env_trust_anchors
 from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from models.video import AGGREGATES, Sampling, VideoLimits
-from service import evidence
+from service import evidence, monitoring
 from service.errors import Overloaded, ServiceError, error_response, from_image_error
 from service.guard import GuardMiddleware
 from service.metrics_labels import bound_endpoint_labels
@@ -280,6 +280,7 @@ class Detector:
         except ServiceError as err:
             return error_response(err)
         out = verdict(score, item.facts, self.config, self.model_info, item.provenance)
+        monitoring.record(out)
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return out
 
@@ -304,6 +305,8 @@ class Detector:
             score = o if isinstance(o, ServiceError) else next(scores)
             results.append(item_error(score) if isinstance(score, ServiceError)
                            else verdict(score, o.facts, self.config, self.model_info, o.provenance))
+        for answer in results:
+            monitoring.record(answer)  # error items carry no score and are skipped
         return results
 
     async def batch_faces(self, images: list[Upload]) -> list[dict]:

@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from models.config import DetectorConfig
+from models.drift import REFERENCE_KEY, reference_from_validation
 from models.metrics import binary_report
 from models.preprocess import calibrated_probability
 
@@ -150,9 +151,11 @@ def calibrate(detector_config: DetectorConfig, val_logits, val_labels, groups=No
     }
     if per_source:
         calibration["val_fpr_per_real_source"] = per_source
-    metrics = {**detector_config.metrics, "val": report, "calibration": calibration}
-    return dataclasses.replace(detector_config, temperature=temperature, threshold=threshold, metrics=metrics,
-                               uncertain_band=band)
+    fitted = dataclasses.replace(detector_config, temperature=temperature, threshold=threshold, uncertain_band=band)
+    # The val split's score and verdict counts: what `fakelens drift CURRENT` compares against.
+    metrics = {**detector_config.metrics, "val": report, "calibration": calibration,
+               REFERENCE_KEY: reference_from_validation(probs, y, fitted)}
+    return dataclasses.replace(fitted, metrics=metrics)
 
 
 def is_calibrated(cfg: DetectorConfig) -> bool:
