@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -56,7 +58,26 @@ class ImageFacts:
 EXIF_ORIENTATION = 0x0112
 
 
-def _open(data: bytes) -> Image.Image:
+# What Pillow's plugins raise on truncated or corrupt data, from Image.open as well as from load():
+# each means "this file cannot be decoded", never a server fault.
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, IndexError)
+
+
+def _truncated(fmt: str, e: BaseException) -> ImageError:
+    return ImageError("truncated", f"the {fmt} data is truncated or corrupt ({e}); re-export or re-upload the file")
+
+
+def _bomb(pixels: int | None, max_pixels: int) -> ImageError:
+    """A refusal that quotes the configured limit and how to raise it (Pillow's own says "DOS attack")."""
+    size = f"{pixels:,} pixels" if pixels else "more pixels than Pillow will open"
+    return ImageError(
+        "too_many_pixels",
+        f"the image has {size}, above the limit of {max_pixels:,}; downscale it, or raise the limit "
+        "(FAKELENS_MAX_PIXELS for the service, --max-pixels for fakelens score)",
+    )
+
+
+def _open(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     if not data:
         raise ImageError("empty", "the upload is empty (0 bytes); send the image file's bytes")
     try:
@@ -73,7 +94,12 @@ def _open(data: bytes) -> Image.Image:
             f"the bytes are not a supported image{hint}; supported formats: {', '.join(ALLOWED_FORMATS)}",
         ) from None
     except Image.DecompressionBombError as e:
-        raise ImageError("too_many_pixels", f"image refused as a decompression bomb: {e}") from None
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _bomb(int(found.group(1)) if found else None, max_pixels) from None
+    except DECODER_ERRORS as e:
+        # A recognised format whose header its plugin cannot read: a truncated WebP fails here
+        # ("could not create decoder object"), before load() is ever reached.
+        raise _truncated("image", e) from None
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -97,17 +123,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, ImageFacts]:
     """Decode bytes or a file into an RGB image (EXIF-oriented, first frame) plus facts about it."""
     data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
-    img = _open(data)
+    img = _open(data, max_pixels)
     fmt = img.format or "unknown"
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageError(
-            "too_many_pixels",
-            f"image is {width}x{height} = {width * height:,} pixels, above the limit of {max_pixels:,}; "
-            "downscale it or raise the limit",
-        )
-    frames = int(getattr(img, "n_frames", 1) or 1)
+        raise _bomb(width * height, max_pixels)
     try:
+        frames = int(getattr(img, "n_frames", 1) or 1)  # counting frames reads the whole file (GIF)
         img.seek(0)
         img.load()
         if img.getexif().get(EXIF_ORIENTATION, 1) != 1:
@@ -115,12 +137,10 @@ def decode_image(source: bytes | str | Path, max_pixels: int = DEFAULT_MAX_PIXEL
             # when the EXIF orientation asks for a turn (most uploads carry none)
             img = ImageOps.exif_transpose(img)
         rgb = _to_rgb(img)
-    except Image.DecompressionBombError as e:
-        raise ImageError("too_many_pixels", f"image refused as a decompression bomb: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(
-            "truncated", f"the {fmt} data is truncated or corrupt ({e}); re-export or re-upload the file"
-        ) from None
+    except Image.DecompressionBombError:
+        raise _bomb(None, max_pixels) from None
+    except DECODER_ERRORS as e:
+        raise _truncated(fmt, e) from None
     facts = ImageFacts(format=fmt, width=width, height=height, mode=img.mode, frames=frames)
     return rgb, facts
 

@@ -132,11 +132,25 @@ def _expand_local(spec: str) -> list[str]:
 
 
 def _walk_local(folder: str) -> list[str]:
+    """Images under `folder`, following symlinks; a symlink back to a folder above it (a loop) is
+    listed itself, once, so that its row says so (service/score.py) instead of its files coming
+    back under ever longer paths until the OS gives up."""
     found = []
     for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs.sort()
+        loops = [d for d in dirs if _links_back(root, d)]
+        dirs[:] = sorted(d for d in dirs if d not in loops)
+        found.extend(os.path.join(root, d) for d in loops)
         found.extend(os.path.join(root, f) for f in sorted(files) if _is_image(f))
     return sorted(found)
+
+
+def _links_back(root: str, name: str) -> bool:
+    """`root/name` is a symlink to `root` or one of the folders above it."""
+    path = os.path.join(root, name)
+    if not os.path.islink(path):
+        return False
+    target, here = os.path.realpath(path), os.path.realpath(root)
+    return here == target or here.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def _expand_url(spec: str) -> list[str]:

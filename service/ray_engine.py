@@ -34,7 +34,7 @@ from service.score import (
     read_and_prepare,
     score_prepared,
 )
-from service.writers import COLUMNS, arrow_schema, output_format, state_dir, write_table
+from service.writers import COLUMNS, arrow_schema, as_text, output_format, state_dir, write_table
 
 INDEX = "_index"
 
@@ -60,7 +60,7 @@ class ScoreActor:
                 self.detector, [read_and_prepare(str(p), cfg, self.limits, self.evidence) for p in batch["path"]],
                 self.aggregate,
             )
-        table = pa.Table.from_pylist(rows, schema=arrow_schema())
+        table = pa.Table.from_pylist([as_text(r) for r in rows], schema=arrow_schema())
         return table.append_column(INDEX, pa.array(np.asarray(batch[INDEX], dtype=np.int64)))
 
 

@@ -14,10 +14,13 @@ job resumes exactly where it stopped when the same command is run again.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import multiprocessing
 import os
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -45,7 +48,7 @@ from models.video import (
     sample_frames,
     summarize_video,
 )
-from service.inputs import fingerprint, read_bytes
+from service.inputs import fingerprint, is_url, read_bytes
 from service.writers import (
     JobHeader,
     JobState,
@@ -65,6 +68,15 @@ DECODE_PLACES = ("auto", "workers", "device")
 # docs/performance.md) while adding their start-up; on a GPU host the CPU side is all
 # decoding, and the GIL is what limits decode threads there.
 PROCESS_DECODE_MIN_CORES = 8
+
+# Pillow warns on stderr (once per worker) about images above ~89 Mpx; --max-pixels (40 Mpx by
+# default) already refuses those with an error row that says how to raise it. Module level, so the
+# forkserver's decode processes (which preload this module) are quiet too.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+class OutputError(Exception):
+    """OUT (or its state folder, or --heatmaps) cannot be written: one line for the user, exit 3."""
 
 
 def default_workers() -> int:
@@ -172,12 +184,26 @@ class Evidence:
 
 def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits, evidence: Evidence = Evidence()) -> Prepared:
     """Read one input and run models.prepare on it; a bad input becomes a row error, not an exception."""
+    if not is_url(path) and os.path.isdir(path):  # service/inputs.py lists a folder only for a symlink loop
+        return Prepared(path, None, error=f"symlink_loop: this folder links back to {os.path.realpath(path)}, "
+                        "which is already being scored; its files are scored once, under their first path")
     try:
         data = read_bytes(path)
     except OSError as e:
         return Prepared(
             path, None, error=f"unreadable: {e.strerror or e}; check the path and its permissions"
         )
+    try:
+        return _prepare_image_or_video(path, data, cfg, limits, evidence)
+    except Exception as e:  # noqa: BLE001 (one file's decoder failure must not end the job)
+        # models.preprocess maps known decoder errors to ImageError; anything else a hostile file
+        # provokes in a decoder still gets its own row, and the job goes on.
+        return Prepared(path, None, error=f"truncated: the file could not be decoded ({type(e).__name__}: {e}); "
+                        "re-export or re-upload it")
+
+
+def _prepare_image_or_video(path: str, data: bytes, cfg: DetectorConfig, limits: Limits,
+                            evidence: Evidence) -> Prepared:
     if is_video_path(path):
         return _prepare_video(path, data, cfg, evidence)
     try:
@@ -224,8 +250,6 @@ def _scored(it: Prepared, probs: np.ndarray, cfg, aggregate: str) -> tuple[float
 
 def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean") -> list[dict[str, Any]]:
     """Rows (writers.COLUMNS) for one batch; the model sees every decodable view at once."""
-    import json
-
     cfg = detector.config
     items, scored_raw = _device_scored(detector, items)
     ok = [it for it in items if it.error is None and it.jpeg is None]
@@ -252,8 +276,8 @@ def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean")
                 height=it.height,
                 error=it.error,
                 reason=reason,
-                provenance=None if it.provenance is None else json.dumps(it.provenance, sort_keys=True),
-                detail=None if detail is None else json.dumps(detail),
+                provenance=it.provenance,  # objects here; JSON text only in CSV and Parquet (service/writers.py)
+                detail=detail,
             )
         )
     return rows
@@ -278,7 +302,6 @@ def _device_scored(detector, items: Sequence[Prepared]) -> tuple[list[Prepared],
 def add_heatmaps(detector, items: Sequence[Prepared], rows: list[dict[str, Any]], folder: Path, grid: int) -> None:
     """Write an occlusion-heatmap overlay per scored image and put its grid into the row's detail."""
     import hashlib
-    import json
 
     from models.explain import explain, overlay
 
@@ -290,8 +313,7 @@ def add_heatmaps(detector, items: Sequence[Prepared], rows: list[dict[str, Any]]
         # The path hash keeps same-named files from different folders apart; reruns overwrite in place.
         name = f"{Path(it.path).stem}-{hashlib.sha1(it.path.encode()).hexdigest()[:8]}.png"
         overlay(it.image, heat).save(folder / name)
-        detail = json.loads(row["detail"]) if row["detail"] else {}
-        row["detail"] = json.dumps({**detail, "heatmap": heat.to_dict(), "heatmap_png": str(folder / name)})
+        row["detail"] = {**(row["detail"] or {}), "heatmap": heat.to_dict(), "heatmap_png": str(folder / name)}
 
 
 def job_header(cfg, inputs: Sequence[str], out: Path, only_synthetic: bool) -> JobHeader:
@@ -411,6 +433,24 @@ def already_complete(out: Path, header: JobHeader, inputs: Sequence[str], opts: 
     return Summary(len(inputs), p.scored, p.flagged, p.errors, len(inputs), 0.0, already_complete=True)
 
 
+@contextlib.contextmanager
+def output_errors(out: Path):
+    """An OSError while writing the job's output becomes OutputError: one line saying what to do.
+
+    Inputs never raise here (an unreadable input is its own error row), so an OSError is OUT's, its
+    `OUT.partial/` state's or the heatmap folder's. A full disk stays an OSError: `fakelens` answers it
+    with its own line and exit 3 (models/commands.py)."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e):
+            raise
+        where = e.filename or out
+        raise OutputError(f"cannot write {where}: {e.strerror or e}; choose an -o (and --heatmaps) on a writable "
+                          "file system, then rerun the same command (an interrupted job resumes where it "
+                          "stopped)") from None
+
+
 def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, detector=None) -> Summary:
     """Score `inputs` into OUT with the local engine, resuming an interrupted run of the same job.
 
@@ -430,18 +470,19 @@ def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, dete
     done = already_complete(out, header, inputs, opts)
     if done is not None:
         return done
-    state = JobState(out, header, opts.overwrite)
-    resumed_from = state.progress.done
-    try:
-        sink = open_sink(out, state.progress.position)
+    with output_errors(out):
+        state = JobState(out, header, opts.overwrite)
+        resumed_from = state.progress.done
         try:
-            with _progress_bar(len(inputs), resumed_from, opts.progress) as bar:
-                _run_batches(detector, inputs[resumed_from:], opts, state, sink, bar)
-            sink.finish()
+            sink = open_sink(out, state.progress.position)
+            try:
+                with _progress_bar(len(inputs), resumed_from, opts.progress) as bar:
+                    _run_batches(detector, inputs[resumed_from:], opts, state, sink, bar)
+                sink.finish()
+            finally:
+                sink.close()
+            state.finish()
         finally:
-            sink.close()
-        state.finish()
-    finally:
-        state.close()
+            state.close()
     p: Progress = state.progress
     return Summary(len(inputs), p.scored, p.flagged, p.errors, resumed_from, time.perf_counter() - start)

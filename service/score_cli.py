@@ -11,7 +11,8 @@ files (.mp4, .mov, .webm, ...) are scored on sampled frames with a timeline in `
 Exit status: 0 when the job finished (undecodable images get rows with an `error`), also
 when OUT already holds this same job's finished output ("already complete": nothing is
 rerun, so a retry wrapper succeeds); 2 for a bad command (missing input, unknown model,
-resume refused); 3 when the disk is full (free space and rerun the same command: it
+resume refused); 3 when the output cannot be written: the disk is full, or OUT is on a read-only
+or otherwise unwritable file system (free space or choose another -o, then rerun the same command: it
 resumes where it stopped); 130 when interrupted (rerun the same command to resume).
 """
 
@@ -74,10 +75,11 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from models.commands import EXIT_DISK_FULL
     from models.preprocess import DEFAULT_MAX_PIXELS
     from models.video import Sampling, VideoLimits
     from service.inputs import discover_inputs
-    from service.score import ScoreOptions
+    from service.score import OutputError, ScoreOptions
 
     opts = ScoreOptions(
         model=args.model,
@@ -108,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
             from service.score import score_files
 
             summary = score_files(inputs, args.out, opts)
+    except OutputError as e:
+        print(f"fakelens score: error: {e}", file=sys.stderr)
+        return EXIT_DISK_FULL  # the same status as a full disk: fix where OUT goes, rerun to resume
     except KeyboardInterrupt:
         print(
             f"fakelens score: interrupted; rerun the same command to resume into {args.out}", file=sys.stderr

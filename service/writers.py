@@ -1,8 +1,12 @@
 """Score output (JSONL, CSV or Parquet, chosen by OUT's extension) and crash-safe resume state.
 
 One row per input: path, score, label, threshold, model, model_version, width, height,
-error, reason ("model" or "declared"), provenance and detail (JSON text: the file's
-provenance block; the faces or the video timeline when those modes ran). A job writing OUT keeps its state in `OUT.partial/`:
+error, reason ("model" or "declared"), provenance (the file's provenance block) and detail
+(the faces, the video timeline or the heatmap when those modes ran). In JSONL these two are
+JSON objects; CSV cells and Parquet columns hold them as JSON text (a Parquet struct would need
+one schema for every provenance block and detail kind, which they do not share). `read_rows`
+gives objects whatever the format, and also reads JSONL written before they were objects
+(text inside JSON), so a job started by an older fakelens resumes. A job writing OUT keeps its state in `OUT.partial/`:
 
 - `job.json`: what the job is (model name/version, input fingerprint, format, filter);
   a rerun with a different model or input list is refused unless --overwrite.
@@ -37,6 +41,7 @@ from models.atomic import atomic_write, atomic_write_text
 
 COLUMNS = ("path", "score", "label", "threshold", "model", "model_version", "width", "height", "error",
            "reason", "provenance", "detail")
+JSON_COLUMNS = ("provenance", "detail")  # objects in rows and JSONL; JSON text in CSV and Parquet
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 STATE_SUFFIX = ".partial"
 
@@ -76,11 +81,23 @@ def arrow_schema():
 # ---- encoding -------------------------------------------------------------------------
 
 
+def as_text(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with provenance and detail as JSON text (CSV cells, Parquet string columns)."""
+    return {**row, **{c: json.dumps(row[c], sort_keys=True) for c in JSON_COLUMNS
+                      if row.get(c) is not None and not isinstance(row[c], str)}}
+
+
+def as_objects(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with provenance and detail as objects (JSONL, readers); JSON text is parsed."""
+    return {**row, **{c: json.loads(row[c]) for c in JSON_COLUMNS if isinstance(row.get(c), str)}}
+
+
 def _encode(rows: list[dict[str, Any]], fmt: str, header: bool = False) -> bytes:
     if fmt == "jsonl":
         return "".join(
-            json.dumps({c: r[c] for c in COLUMNS}, ensure_ascii=False) + "\n" for r in rows
+            json.dumps({c: r[c] for c in COLUMNS}, ensure_ascii=False) + "\n" for r in map(as_objects, rows)
         ).encode()
+    rows = [as_text(r) for r in rows]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     if header:
@@ -106,8 +123,12 @@ def _decode_csv_value(column: str, text: str) -> Any:
 
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
-    """All rows of a finished output file, typed as written (for tests, reports and merges)."""
-    out = Path(out)
+    """All rows of a finished output file, typed as written, provenance and detail as objects (for
+    tests, reports and merges)."""
+    return [as_objects(r) for r in _read_raw(Path(out))]
+
+
+def _read_raw(out: Path) -> list[dict[str, Any]]:
     fmt = output_format(out)
     if fmt == "parquet":
         import pyarrow.parquet as pq
@@ -185,7 +206,7 @@ class ParquetSink:
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            table = pa.Table.from_pylist(rows, schema=arrow_schema())
+            table = pa.Table.from_pylist([as_text(r) for r in rows], schema=arrow_schema())
             atomic_write(
                 self.parts / f"part-{self.position:06d}.parquet", lambda tmp: pq.write_table(table, tmp)
             )

@@ -66,15 +66,15 @@ def test_score_rows_carry_provenance_faces_and_video(media, tiny_checkpoint, tmp
     assert summary.errors == 1 and rows["e_broken.webm"]["error"].startswith("unsupported")
     signed = rows["a_signed.jpg"]
     assert (signed["label"], signed["reason"]) == ("synthetic", "declared")
-    assert json.loads(signed["provenance"])["c2pa"]["status"] == "untrusted_signer"
+    assert signed["provenance"]["c2pa"]["status"] == "untrusted_signer"
     assert rows["b_sd.png"]["reason"] == "declared"
-    face = json.loads(rows["c_face.jpg"]["detail"])
+    face = rows["c_face.jpg"]["detail"]
     assert face["face_found"] and rows["c_face.jpg"]["score"] == face["faces"][0]["score"]
-    video = json.loads(rows["d_clip.mp4"]["detail"])
+    video = rows["d_clip.mp4"]["detail"]
     assert video["frames_scored"] == 3 and len(video["timeline"]) == 3
     assert rows["d_clip.mp4"]["score"] == pytest.approx(video["mean"]) and rows["d_clip.mp4"]["width"] == 64
     plain = rows["f_plain.jpg"]
-    assert plain["reason"] == "model" and json.loads(plain["provenance"])["declared_ai"] is False
+    assert plain["reason"] == "model" and plain["provenance"]["declared_ai"] is False
 
 
 def test_video_rows_match_local_frame_scores(media, tiny_checkpoint, tmp_path):
@@ -87,7 +87,7 @@ def test_video_rows_match_local_frame_scores(media, tiny_checkpoint, tmp_path):
     _, frames = sample_frames((media / "d_clip.mp4").read_bytes(), Sampling(frames=4), VideoLimits())
     expected = detector.probabilities([f.image for f in frames])
     assert row["score"] == pytest.approx(float(expected.max()), abs=1e-9)
-    assert json.loads(row["detail"])["aggregate"] == "max"
+    assert row["detail"]["aggregate"] == "max"
 
 
 def test_inspect_prints_the_detect_answer(media, tiny_checkpoint, tmp_path, capsys):
@@ -123,7 +123,7 @@ def test_score_writes_heatmaps(media, tiny_checkpoint, tmp_path):
     assert main(["score", *inputs, "-o", str(out), "--model", str(tiny_checkpoint), "--device", "cpu",
                  "--heatmaps", str(folder), "--heat-grid", "4", "--no-progress"]) == 0
     rows = rows_by_name(out)
-    detail = json.loads(rows["c_face.jpg"]["detail"])
+    detail = rows["c_face.jpg"]["detail"]
     assert (detail["heatmap"]["rows"], detail["heatmap"]["cols"]) == (4, 4)
     assert Image.open(detail["heatmap_png"]).size == (512, 512)
     assert rows["e_broken.webm"]["detail"] is None and len(list(folder.iterdir())) == 2
@@ -141,7 +141,7 @@ def test_ray_engine_scores_faces_and_videos(media, tiny_checkpoint, tmp_path):
                         sampling=Sampling(frames=2))
     score_files_ray(inputs, out, opts)
     rows = rows_by_name(out)
-    assert json.loads(rows["c_face.jpg"]["detail"])["face_found"]
-    assert json.loads(rows["d_clip.mp4"]["detail"])["frames_scored"] == 2
+    assert rows["c_face.jpg"]["detail"]["face_found"]
+    assert rows["d_clip.mp4"]["detail"]["frames_scored"] == 2
     with pytest.raises(ValueError, match="local engine"):
         score_files_ray(inputs, tmp_path / "x.jsonl", ScoreOptions(model=str(tiny_checkpoint), heatmaps="h"))
