@@ -228,12 +228,16 @@ def reference_stream(ref: dict[str, Any] | None, name: str, fake_share: float | 
 
 def psi(reference: np.ndarray, current: np.ndarray) -> tuple[float, int]:
     """(population stability index, buckets used). Buckets empty in both streams are dropped;
-    the rest get half a count each (a Jeffreys prior), so an empty bucket on one side gives a
-    large but finite term instead of infinity."""
+    a bucket empty on one side only counts as half an image there, so it gives a large but
+    finite term instead of infinity (and streams with the same shares still give exactly 0)."""
     r, c = np.asarray(reference, np.float64), np.asarray(current, np.float64)
     used = (r + c) > 0
-    r, c = r[used] + 0.5, c[used] + 0.5
-    pr, pc = r / r.sum(), c / c.sum()
+
+    def shares(counts: np.ndarray) -> np.ndarray:
+        padded = np.where(counts > 0, counts, 0.5)
+        return padded / padded.sum()
+
+    pr, pc = shares(r[used]), shares(c[used])
     return float(np.sum((pc - pr) * np.log(pc / pr))), int(used.sum())
 
 
@@ -419,7 +423,8 @@ def _rows_stream(rows, name: str, model_version: str | None) -> Stream:
         if version is not None:
             versions.add(str(version))
     if len(versions) > 1:
-        raise DriftInputError(f"{name} mixes model versions {sorted(versions)}; pick one with --model-version")
+        raise DriftInputError(f"{name} mixes model versions {sorted(versions)}; pick one (--model-version for "
+                              "CURRENT, --reference-version for REFERENCE)")
     if not scores:
         raise DriftInputError(f"{name} holds no scored rows ({skipped} rows skipped for errors)"
                               + (f" for model version {model_version}" if model_version else ""))
@@ -463,7 +468,8 @@ def parse_metrics(text: str, name: str, model_version: str | None = None) -> Str
     if len(keys) != 1:
         seen = ", ".join(f"{n}:{v}" for n, v in sorted(buckets))
         raise DriftInputError(f"{name} holds {'no' if not keys else 'several'} model versions matching "
-                              f"({seen}); pick one with --model-version")
+                              f"({seen}); pick one (--model-version for CURRENT, --reference-version for "
+                              "REFERENCE)")
     cumulative = buckets[keys[0]]
     edges = sorted(e for e in cumulative if math.isfinite(e))
     if len(edges) != len(SCORE_BUCKETS) or not np.allclose(edges, SCORE_BUCKETS):

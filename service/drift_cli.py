@@ -37,7 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--fake-share", type=float, default=None, metavar="P",
                    help="with CURRENT alone: reweight the stored reference to this share of fakes (0-1), the mix "
                         "you expect in production, instead of the val split's own mix")
-    p.add_argument("--model-version", default=None, help="the model version to read where a stream holds several")
+    p.add_argument("--model-version", default=None,
+                   help="CURRENT (and --since) holds several model versions: read this one")
+    p.add_argument("--reference-version", default=None,
+                   help="REFERENCE holds several model versions: read this one")
     p.add_argument("--since", default=None, metavar="EARLIER_SCRAPE",
                    help="CURRENT is a scrape: compare only the counts added since this earlier scrape")
     p.add_argument("--fail-on", choices=("moderate", "drift"), default="drift",
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if args.since is not None:
         current = subtract(current, read_stream(args.since, args.model_version))
     if len(args.streams) == 2:
-        reference = read_stream(args.streams[0], args.model_version)
+        reference = read_stream(args.streams[0], args.reference_version)
     else:
         reference = model_reference(args.model, args.fake_share)
     report = compare(reference, current)
