@@ -302,3 +302,32 @@ def test_http_scores_equal_fakelens_evaluate(server, tiny_checkpoint, tmp_path):
     for name, score in evaluated.items():
         assert served[name] == pytest.approx(score, abs=1e-5), name
     np.testing.assert_allclose([r["score"] for r in batch["results"]], [evaluated[p.name] for p in paths], atol=1e-5)
+
+
+def test_metrics_export_the_score_histogram_and_verdicts(http):
+    """/detect and /detect_batch answers land in the drift histogram and verdict counters
+    (service/monitoring.py), per model version, readable by `fakelens drift` (models/drift.py)."""
+    from models.drift import LABELS, N_BINS, DriftInputError, bucket_counts, parse_metrics
+
+    def counted() -> tuple[np.ndarray, dict]:
+        try:
+            stream = parse_metrics(http.get("/metrics").text, "/metrics")
+        except DriftInputError:  # nothing answered yet in this server's life
+            return np.zeros(N_BINS), dict.fromkeys(LABELS, 0.0)
+        return stream.counts, stream.verdicts
+
+    counts0, verdicts0 = counted()
+    one = http.post("/detect", files={"image": ("a.png", encode(noise(32, 32, 40), "PNG"))}).json()
+    batch = http.post("/detect_batch", files=[("images", ("b.png", encode(noise(36, 30, 41), "PNG"))),
+                                              ("images", ("c.jpg", encode(noise(30, 40, 42), "JPEG"))),
+                                              ("images", ("bad.jpg", b"not an image at all"))]).json()
+    answers = [one, *(r for r in batch["results"] if "error" not in r)]
+    assert len(answers) == 3
+    counts, verdicts = counted()
+    np.testing.assert_array_equal(counts - counts0, bucket_counts([a["score"] for a in answers]))
+    for v in LABELS:
+        assert verdicts[v] - verdicts0[v] == sum(a["label"] == v for a in answers), v
+    text = http.get("/metrics").text
+    series = f'model_name="{one["model"]["name"]}",model_version="{one["model"]["version"]}"'
+    assert re.search(rf'^fakelens_score_bucket\{{le="0\.001",{series}\}} ', text, re.M), text[-2000:]
+    assert re.search(rf'^fakelens_verdicts_total\{{{series},verdict="{one["label"]}"\}} ', text, re.M)
