@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import re
 import time
 from http import HTTPStatus
@@ -226,3 +227,41 @@ def foreign_error(status: int, body: bytes, path: str, routes: dict[str, Route])
         err = cls(f"the request was refused: {(detail[0] if detail else '')[:300]}")
     err.error_code = HTTPStatus(status)  # keep the status even where no class of ours has it (e.g. 429)
     return err
+
+
+class QuietDisconnect:
+    """ASGI middleware of the model process: read each request's body before BentoML does.
+
+    The front cancels a call to the model when its own request ends early (a 504, a retry); the
+    model then met a closed connection half-way through the body, and BentoML logged a
+    `ClientDisconnect` traceback and a 500 that nobody receives. A caller that went away is a
+    debug line here, and the endpoint never runs for it."""
+
+    log = logging.getLogger("fakelens.model")
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        chunks = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self.log.debug("the caller of %s went away before its request arrived; nothing to answer",
+                               scope["path"])
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)

@@ -15,7 +15,8 @@ from http import HTTPStatus
 from service.routes import OPEN_PATHS, Route
 
 # Statuses an upload route answers besides 200 (401 is added when API keys are on).
-ROUTE_ERRORS = (400, 404, 405, 408, 413, 415, 422, 500, 503, 504)
+# 431 comes from below the app (service/http_limits.py) for any path, in the same format.
+ROUTE_ERRORS = (400, 404, 405, 408, 413, 415, 422, 431, 500, 503, 504)
 # BentoML's system routes: /readyz answers 503 until the model is loaded.
 SYSTEM_ERRORS = {"/readyz": (503,)}
 BENTOML_ERROR_SCHEMAS = ("InvalidArgument", "NotFound", "InternalServerError")

@@ -43,7 +43,8 @@ from models.runtime import load_detector
 from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence, monitoring
 from service.errors import Overloaded, ServiceError, error_response, from_image_error
-from service.guard import GuardMiddleware
+from service.guard import GuardMiddleware, QuietDisconnect
+from service.http_limits import install as install_http_limits
 from service.metrics_labels import bound_endpoint_labels
 from service.page import page_app, page_paths
 from service.routes import OPEN_PATHS, SYSTEM_PATHS, api_routes
@@ -52,6 +53,7 @@ from service.upload import kept_count, kept_upload
 from service.verdict import Limits, Prepared, item_error, prepare_upload, verdict
 
 SETTINGS = ServeSettings.from_env()
+install_http_limits(SETTINGS.header_timeout_s)  # header deadline and JSON 431 below the app (before uvicorn loads)
 
 # Form options of the evidence endpoints. BentoML JSON-decodes each text part, so `faces=true`
 # arrives as a bool; Strict refuses what the schema does not allow (faces=0, grid="7") with a
@@ -386,6 +388,7 @@ class Detector:
         return out
 
 
+DetectorModel.add_asgi_middleware(QuietDisconnect)
 ROUTES = api_routes(Detector)
 Detector.add_asgi_middleware(GuardMiddleware, settings=SETTINGS, routes=ROUTES)
 # The analyst's page at `/` (service/page.py); BentoML matches it only on the page's own routes.

@@ -51,6 +51,7 @@ class ServeSettings:
     max_batch_items: int = 32  # images per /detect_batch request
     max_inflight_bytes: int = 256 * MB  # upload bytes held per front worker; beyond it: 503
     body_timeout_s: int = 30  # the whole body must arrive within this, else 408
+    header_timeout_s: int = 10  # the request headers must arrive within this, else 408 (service/http_limits.py)
     api_keys: tuple[str, ...] = ()
     # /detect_video (models/video.py): upload bytes, clip duration, sampled frames per request.
     # A video also has to fit max_inflight_bytes (the worker's upload budget), else it gets a 503.
@@ -61,7 +62,7 @@ class ServeSettings:
     def __post_init__(self) -> None:
         for name in ("max_batch_size", "max_latency_ms", "max_inflight", "timeout_s", "workers",
                      "max_pixels", "max_bytes", "max_request_bytes", "max_batch_items", "max_inflight_bytes",
-                     "body_timeout_s", "max_video_bytes", "max_video_seconds", "max_video_frames"):
+                     "body_timeout_s", "header_timeout_s", "max_video_bytes", "max_video_seconds", "max_video_frames"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be >= 1")
         if self.decode not in DECODE_PLACES:
