@@ -362,3 +362,15 @@ def test_since_compares_the_window_between_two_scrapes(cfg, tmp_path):
     write_scores(ref, early, cfg)
     assert drift(ref, second, "--since", first) == 1
     assert drift(ref, first, "--since", second) == 2  # counts went down: not the same run
+
+
+def test_a_file_mixing_model_versions_needs_one_picked(cfg, tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    write_scores(a, scores(cfg, 29, n=300), cfg)
+    write_scores(b, scores(cfg, 30, n=200), DetectorConfig.from_dict({**cfg.to_dict(), "version": "other"}))
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text(a.read_text() + b.read_text())
+    with pytest.raises(DriftInputError, match="mixes model versions"):
+        read_stream(mixed)
+    assert read_stream(mixed, "other").n == 200
+    assert drift(a, mixed, "--model-version", "sim") == 0
