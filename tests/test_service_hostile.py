@@ -140,3 +140,43 @@ def test_the_server_logged_no_traceback(served, http):
     assert http.get("/livez").status_code == 200
     log = served[1].read_text(errors="replace")
     assert "Traceback" not in log and "ValidationError" not in log, log[-4000:]
+
+
+def run_asgi(app, messages: list[dict]) -> None:
+    import asyncio
+
+    queue = list(messages)
+
+    async def receive():
+        return queue.pop(0)
+
+    async def send(message):
+        pass
+
+    asyncio.run(app({"type": "http", "path": "/score", "method": "POST", "headers": []}, receive, send))
+
+
+def test_a_caller_that_went_away_is_a_debug_line_not_a_traceback(caplog):
+    """The model process's ClientDisconnect (the front cancelled its call half-way through the body)."""
+    import logging
+
+    from starlette.requests import ClientDisconnect, Request
+
+    from service.guard import QuietDisconnect
+
+    bodies = []
+
+    async def endpoint(scope, receive, send):  # reads its body as BentoML's endpoints do
+        bodies.append(await Request(scope, receive).body())
+
+    cut_off = [{"type": "http.request", "body": b"abc", "more_body": True}, {"type": "http.disconnect"}]
+    with pytest.raises(ClientDisconnect):
+        run_asgi(endpoint, cut_off)  # what BentoML logged as a traceback and a 500
+    with caplog.at_level(logging.DEBUG, logger="fakelens.model"):
+        run_asgi(QuietDisconnect(endpoint), cut_off)
+    assert bodies == [] and [r.levelno for r in caplog.records] == [logging.DEBUG]
+    assert "went away" in caplog.records[0].getMessage()
+
+    run_asgi(QuietDisconnect(endpoint), [{"type": "http.request", "body": b"ab", "more_body": True},
+                                         {"type": "http.request", "body": b"c", "more_body": False}])
+    assert bodies == [b"abc"]  # a whole request reaches the endpoint unchanged
