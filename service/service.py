@@ -42,6 +42,7 @@ from models.runtime import Detector as LoadedDetector
 from models.runtime import load_detector
 from models.video import AGGREGATES, Sampling, VideoLimits
 from service import evidence, monitoring
+from service.batching import install as install_batching
 from service.errors import Overloaded, ServiceError, error_response, from_image_error
 from service.guard import GuardMiddleware, QuietDisconnect
 from service.http_limits import install as install_http_limits
@@ -54,6 +55,7 @@ from service.verdict import Limits, Prepared, item_error, prepare_upload, verdic
 
 SETTINGS = ServeSettings.from_env()
 install_http_limits(SETTINGS.header_timeout_s)  # header deadline and JSON 431 below the app (before uvicorn loads)
+install_batching()  # the batching window comes back down after a burst (service/batching.py)
 
 # Form options of the evidence endpoints. BentoML JSON-decodes each text part, so `faces=true`
 # arrives as a bool; Strict refuses what the schema does not allow (faces=0, grid="7") with a
