@@ -155,9 +155,9 @@ def test_detect_video_face_mode_per_frame(http):
     ("junk.mp4", "junk", {}, 415, "unsupported"),
     ("half.mp4", "half", {}, 415, "unsupported"),
     ("empty.mp4", "empty", {}, 400, "empty"),
-    ("agg.mp4", "clip", {"aggregate": "median"}, 400, "bad_request"),  # refused by the form schema
-    ("zero.mp4", "clip", {"frames": "0"}, 400, "bad_request"),
-    ("flag.mp4", "clip", {"faces": "0"}, 400, "bad_request"),  # a bool, strictly
+    ("agg.mp4", "clip", {"aggregate": "median"}, 400, "bad_option"),  # refused by the form schema, in our shape
+    ("zero.mp4", "clip", {"frames": "0"}, 400, "bad_option"),
+    ("flag.mp4", "clip", {"faces": "0"}, 400, "bad_option"),  # a bool, strictly
 ])
 def test_detect_video_refusals(http, name, payload, data, status, kind):
     clip = encode_video(n=24, fps=12)
