@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 
 from models.atomic import resolve_dir
 from models.config import DetectorConfig
-from models.network import HEAD_PREFIX, build_network
+from models.lora import merge_lora
+from models.network import HEAD_PREFIX, build_network, is_tuned
 
 WEIGHTS = "model.safetensors"
 CONFIG = "detector.json"
@@ -25,17 +26,25 @@ def head_only(cfg: DetectorConfig) -> bool:
     return cfg.head == "blocks" and bool(cfg.backbone_weights)
 
 
+TAPS_PREFIX = "taps.vit."
+
+
+def stored(key: str, cfg: DetectorConfig) -> bool:
+    """What a head-only model folder keeps: the head, and the backbone parameters training adapted."""
+    return key.startswith(HEAD_PREFIX) or (key.startswith(TAPS_PREFIX) and is_tuned(key[len(TAPS_PREFIX):], cfg))
+
+
 def model_state(model: torch.nn.Module, cfg: DetectorConfig) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     if head_only(cfg):
-        state = {k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
+        state = {k: v for k, v in state.items() if stored(k, cfg)}
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def load_weights(model: torch.nn.Module, cfg: DetectorConfig, state: dict[str, torch.Tensor], where: str) -> None:
     missing, unexpected = model.load_state_dict(state, strict=False)
     if head_only(cfg):
-        missing = [k for k in missing if k.startswith(HEAD_PREFIX)]
+        missing = [k for k in missing if stored(k, cfg)]
     if missing or unexpected:
         raise ValueError(
             f"{where} does not match {cfg.arch} {cfg.model_kwargs}: "
@@ -75,4 +84,4 @@ def load_model_dir(path: str | Path) -> tuple[torch.nn.Module, DetectorConfig]:
     except Exception as e:  # safetensors raises its own error types for torn files
         raise ValueError(f"{folder / WEIGHTS} is corrupt or truncated: {e}") from None
     load_weights(model, cfg, state, str(folder / WEIGHTS))
-    return model.eval(), cfg
+    return merge_lora(model).eval(), cfg

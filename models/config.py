@@ -22,6 +22,10 @@ CROP_MODES = ("crop", "resize")
 # Evaluation views. "center" scores one crop; "tiles" averages logits over a grid of
 # native-resolution crops covering the image (large images keep their artifacts).
 VIEW_MODES = ("center", "tiles")
+# The scale policy (models/preprocess.py `plan_views`): "resized" is the whole picture shrunk so its
+# shorter side is `resize_size` (the scale the shared datasets store, so the scale the model was
+# trained at), centre-cropped; "native" is a crop (or tiles) at the picture's own resolution.
+SCALES = ("resized", "native")
 HEADS = ("classifier", "blocks")
 
 
@@ -33,8 +37,25 @@ class PreprocessConfig:
     max_tiles: int = 9
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    # Which views a picture yields, in this order; one picture's view logits are combined as
+    # (1 - native_weight) * resized + native_weight * mean(native), a rule chosen on validation data.
+    # The default, native only, is what detectors trained before the scale policy saw.
+    scales: tuple[str, ...] = ("native",)
+    resize_size: int = 256
+    native_weight: float = 0.5
+    # Take the native view at the picture's intrinsic scale: a 4x upscaled picture is shrunk back
+    # by 4 first (estimated from its spectrum), so upscaling cannot wash out a generator's traces.
+    undo_upscale: bool = False
 
     def __post_init__(self) -> None:
+        if not self.scales or len(set(self.scales)) != len(self.scales) or not set(self.scales) <= set(SCALES):
+            raise ValueError(f"scales={self.scales!r} must be distinct names from {SCALES}")
+        if "resized" in self.scales and self.crop_mode != "crop":
+            raise ValueError("scales with 'resized' cut native views by cropping; use crop_mode='crop'")
+        if not 0.0 <= self.native_weight <= 1.0:
+            raise ValueError(f"native_weight={self.native_weight} must be within [0, 1]")
+        if self.resize_size < self.img_size:
+            raise ValueError(f"resize_size={self.resize_size} must be >= img_size={self.img_size}")
         if self.crop_mode not in CROP_MODES:
             raise ValueError(f"crop_mode={self.crop_mode!r} is not one of {CROP_MODES}")
         if self.views not in VIEW_MODES:
@@ -58,6 +79,13 @@ class DetectorConfig:
     head: str = "classifier"
     blocks: tuple[int, ...] = ()
     head_dim: int = 128
+    # Backbone adaptation under a "blocks" head: LoRA of rank `lora_rank` on the attention of
+    # `lora_blocks`, and `tuned_blocks` trained outright (models/lora.py). Only these and the head
+    # are stored; the rest of the backbone comes from `backbone_weights`.
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_blocks: tuple[int, ...] = ()
+    tuned_blocks: tuple[int, ...] = ()
     # Identity of the frozen backbone's weights (models/backbones.py): a name such as
     # "clip-vit-b16-openai" and the sha256 of the weights file. A "blocks" model folder stores only
     # the head; the backbone is rebuilt from these and refused when the file differs.
@@ -92,15 +120,21 @@ class DetectorConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    @property
+    def tunes_backbone(self) -> bool:
+        """True when training changes the backbone: images, not cached features, feed the loop."""
+        return self.head == "blocks" and (self.lora_rank > 0 or bool(self.tuned_blocks))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DetectorConfig:
         d = dict(d)
         pre = d.pop("preprocess", {}) or {}
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "scales"):
             if key in pre:
                 pre[key] = tuple(pre[key])
-        if "blocks" in d:
-            d["blocks"] = tuple(int(b) for b in d["blocks"])
+        for key in ("blocks", "lora_blocks", "tuned_blocks"):
+            if key in d:
+                d[key] = tuple(int(b) for b in d[key])
         if d.get("uncertain_band") is not None:
             d["uncertain_band"] = tuple(float(x) for x in d["uncertain_band"])
         known = {f.name for f in dataclasses.fields(cls)}

@@ -26,6 +26,12 @@ class Sample:
     source: str = ""
     generator: str = ""
     split: str = ""
+    # Which picture this file shows (one picture can come as several files: a shrunk whole and a
+    # native-resolution crop). Views of one picture share it; "" means the file is its own picture.
+    picture: str = ""
+    # Which of the scale policy's views the file is: "resized" (a whole picture shrunk to the
+    # training scale), "native" (a crop at the picture's own resolution), "" (not said: resized).
+    view: str = ""
 
 
 def hash_split(key: str, val_pct: int = 15, test_pct: int = 15) -> str:
@@ -86,9 +92,19 @@ def _from_manifest(manifest: Path) -> list[Sample]:
                 source=str(row.get("source") or ""),
                 generator=str(row.get("generator") or ""),
                 split=split,
+                picture=picture_id(row, rel, dataset_name(manifest)),
+                view=str(row.get("view") or ("native" if row.get("parent") else "")),
             )
         )
     return hold_back_val(samples, manifest)
+
+
+def picture_id(row: dict, rel: str, dataset: str) -> str:
+    """`parent` names another dataset's file (realfake-native: `realfake-dev/images/...`); `picture`
+    is local to its dataset (realfake-families); otherwise the file is the picture."""
+    if row.get("parent"):
+        return str(row["parent"])
+    return f"{dataset}/{row.get('picture') or rel}"
 
 
 def hold_back_val(samples: list[Sample], where: Path) -> list[Sample]:
@@ -125,8 +141,9 @@ def list_samples(data: str | Path, split: str | None = None) -> list[Sample]:
         out = []
         for spec in specs:
             name = dataset_name(spec)
-            out += [replace(s, source=f"{name}/{s.source or 'unknown'}") for s in list_samples(spec, split)]
-        return out
+            out += [replace(s, source=f"{name}/{s.source or 'unknown'}") for s in list_samples(spec)]
+        out = align_splits(out)
+        return out if split is None else [s for s in out if s.split == split]
     data = Path(specs[0] if specs else data)
     if not data.exists():
         raise FileNotFoundError(f"dataset {data} does not exist")
@@ -138,6 +155,18 @@ def list_samples(data: str | Path, split: str | None = None) -> list[Sample]:
             raise ValueError(f"split {split!r} is not one of {SPLITS}")
         samples = [s for s in samples if s.split == split]
     return samples
+
+
+def align_splits(samples: list[Sample]) -> list[Sample]:
+    """A file that shows another file's picture (a native crop of a shrunk picture, a synthetic twin
+    of a real) takes that file's split: one picture never has a view in train and another in val
+    or test, and a picture held back for testing stays held back in every view."""
+    own = {s.picture: s.split for s in samples if s.picture and _is_own_picture(s)}
+    return [replace(s, split=own[s.picture]) if not _is_own_picture(s) and s.picture in own else s for s in samples]
+
+
+def _is_own_picture(s: Sample) -> bool:
+    return Path(s.path).as_posix().endswith(s.picture.split("/", 1)[-1])
 
 
 def dataset_name(spec: str | Path) -> str:

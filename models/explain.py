@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from models.config import PreprocessConfig
-from models.preprocess import eval_views, resize_shorter, view_origins
+from models.preprocess import View, aggregate_views, eval_views, image_views, plan_views, scaled_size
 
 DEFAULT_GRID = 7
 # Each view costs grid^2 + 1 forwards: 16 (257 per view) bounds what one request can ask for.
@@ -40,7 +40,7 @@ class Heat:
     origin: tuple[float, float]  # x, y of the top-left cell in the original image
     cell_px: float  # cell side in original pixels
     image_size: tuple[int, int]  # original width, height
-    base_logit: float  # the image's logit (mean over views) before any occlusion
+    base_logit: float  # the image's logit (its views combined by the scale policy) before any occlusion
 
     def to_dict(self) -> dict:
         rows = [[None if math.isnan(v) else round(float(v), 5) for v in row] for row in self.values]
@@ -70,10 +70,11 @@ def occluded_views(views: np.ndarray, grid: int) -> np.ndarray:
     return out.reshape(v * grid * grid, *views.shape[1:])
 
 
-def view_offsets(width: int, height: int, pre: PreprocessConfig) -> list[tuple[int, int]]:
-    """(dy, dx) per view such that view pixel (r, c) is model-input pixel (r + dy, c + dx).
+def view_offsets(width: int, height: int, pre: PreprocessConfig, views: list[View] | None = None) -> list[tuple[int, int]]:
+    """(dy, dx) per view such that view pixel (r, c) is pixel (r + dy, c + dx) of the picture
+    scaled by that view's scale.
 
-    Mirrors `eval_views`/`crop_or_pad`: a crop origin is clamped at 0 and a short side is
+    Mirrors `eval_pixels`/`crop_or_pad`: a crop origin is clamped at 0 and a short side is
     padded symmetrically (negative offsets then point into the padding)."""
     s = pre.img_size
 
@@ -82,28 +83,38 @@ def view_offsets(width: int, height: int, pre: PreprocessConfig) -> list[tuple[i
         covered = min(s, length - origin)
         return origin - (s - covered) // 2
 
-    return [(offset(height, t), offset(width, x)) for t, x in view_origins(height, width, pre)]
+    out = []
+    for v in views if views is not None else plan_views(width, height, pre):
+        w, h = scaled_size(width, height, v.scale)
+        out.append((offset(h, v.top), offset(w, v.left)))
+    return out
 
 
 def relevance_map(img: Image.Image, pre: PreprocessConfig, base_logits, occluded_logits, grid: int) -> Heat:
-    """Per-cell relevance mapped from view coordinates back onto the image."""
+    """Per-cell relevance mapped from view coordinates back onto the picture.
+
+    Views of several scales (the scale policy's resized and native views) are painted onto one
+    canvas at the finest view's scale; the grid's cells are that view's cells."""
     base = np.asarray(base_logits, dtype=np.float64).reshape(-1)
     drops = base[:, None, None] - np.asarray(occluded_logits, dtype=np.float64).reshape(len(base), grid, grid)
-    scale = pre.img_size / min(img.size) if pre.crop_mode == "resize" else 1.0
-    w, h = resize_shorter(img, pre.img_size).size if pre.crop_mode == "resize" else img.size
-    offsets = view_offsets(w, h, pre)
-    if len(offsets) != len(base):
-        raise ValueError(f"{len(base)} view logits for {len(offsets)} views of a {w}x{h} input")
+    views = image_views(img, pre)
+    if len(views) != len(base):
+        raise ValueError(f"{len(base)} view logits for {len(views)} views of a {img.size[0]}x{img.size[1]} input")
+    offsets = view_offsets(*img.size, pre, views)
+    scale = max(v.scale for v in views)
+    w, h = scaled_size(*img.size, scale)
     cell = cell_size(pre, grid)
     total, count = np.zeros((h, w), np.float32), np.zeros((h, w), np.float32)
-    for (dy, dx), view in zip(offsets, drops, strict=True):
+    for view, (dy, dx), drop in zip(views, offsets, drops, strict=True):
+        zoom = scale / view.scale  # view pixels -> canvas pixels
         for i in range(grid):
             for j in range(grid):
-                y0, x0 = max(0, dy + i * cell), max(0, dx + j * cell)
-                y1 = min(h, dy + min((i + 1) * cell, pre.img_size))
-                x1 = min(w, dx + min((j + 1) * cell, pre.img_size))
+                y0, x0 = dy + i * cell, dx + j * cell
+                y1, x1 = dy + min((i + 1) * cell, pre.img_size), dx + min((j + 1) * cell, pre.img_size)
+                y0, x0 = max(0, round(y0 * zoom)), max(0, round(x0 * zoom))
+                y1, x1 = min(h, round(y1 * zoom)), min(w, round(x1 * zoom))
                 if y1 > y0 and x1 > x0:
-                    total[y0:y1, x0:x1] += view[i, j]
+                    total[y0:y1, x0:x1] += drop[i, j]
                     count[y0:y1, x0:x1] += 1
     ys, xs = np.nonzero(count)
     top, left = int(ys.min()), int(xs.min())
@@ -117,7 +128,7 @@ def relevance_map(img: Image.Image, pre: PreprocessConfig, base_logits, occluded
             if n.sum() > 0:
                 values[r, c] = float(t[n > 0].sum() / n[n > 0].sum())
     return Heat(values=values, origin=(left / scale, top / scale), cell_px=cell / scale,
-                image_size=img.size, base_logit=float(base.mean()))
+                image_size=img.size, base_logit=float(aggregate_views(base, [len(base)], pre)[0]))
 
 
 def explain(detector, img: Image.Image, grid: int = DEFAULT_GRID, batch_size: int = 32) -> Heat:

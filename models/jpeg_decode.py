@@ -30,7 +30,14 @@ from PIL import Image
 
 from models.config import DetectorConfig, PreprocessConfig
 from models.prepare import Limits, Prepared, prepare
-from models.preprocess import EXIF_ORIENTATION, ImageError, ImageFacts, crop_or_pad, view_origins
+from models.preprocess import (
+    EXIF_ORIENTATION,
+    ImageError,
+    ImageFacts,
+    crop_or_pad,
+    needs_upscale_estimate,
+    plan_views,
+)
 from models.provenance import read_provenance
 
 if TYPE_CHECKING:
@@ -42,7 +49,7 @@ DEVICE_MODES = ("RGB", "L")  # what decode_jpeg(mode=RGB) turns into the same RG
 
 def raw_facts(data: bytes, cfg: DetectorConfig, limits: Limits) -> ImageFacts | None:
     """The facts of a JPEG the model process can decode as the front would, from its header; else None."""
-    if cfg.preprocess.crop_mode == "resize" or not (data.startswith(JPEG_START) and data.endswith(JPEG_END)):
+    if not (data.startswith(JPEG_START) and data.endswith(JPEG_END)):
         return None
     if limits.max_bytes is not None and len(data) > limits.max_bytes:
         return None  # the usual path says why it is refused
@@ -56,7 +63,16 @@ def raw_facts(data: bytes, cfg: DetectorConfig, limits: Limits) -> ImageFacts | 
         return None
     if not single or img.mode not in DEVICE_MODES or turned or width * height > limits.max_pixels:
         return None
+    if not native_scale_only(width, height, cfg.preprocess):
+        return None  # resampling (Pillow's) and the upscale estimate stay in the front
     return ImageFacts(format="JPEG", width=width, height=height, mode=img.mode, frames=1)
+
+
+def native_scale_only(width: int, height: int, pre: PreprocessConfig) -> bool:
+    """True when the scale policy cuts every view of this picture at scale 1 (nothing to resample)."""
+    if needs_upscale_estimate(width, height, pre):
+        return False
+    return all(v.scale == 1.0 for v in plan_views(width, height, pre))
 
 
 def undecodable() -> ImageError:
@@ -79,7 +95,8 @@ def cut_views(img: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
     same view origins and crop/pad (uint8 and padded int16 views stack to int16, as numpy's do)."""
     import torch  # here, not at the top: the scorer's decode workers run prepare_raw without torch
 
-    return torch.stack([crop_or_pad(img, pre.img_size, t, x) for t, x in view_origins(*img.shape[:2], pre)])
+    height, width = img.shape[:2]
+    return torch.stack([crop_or_pad(img, pre.img_size, v.top, v.left) for v in plan_views(width, height, pre)])
 
 
 def _decode(blobs: Sequence[bytes], device: str) -> list[torch.Tensor | None]:

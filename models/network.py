@@ -79,7 +79,7 @@ class TapDetector(nn.Module):
         super().__init__()
         self.taps, self.head = taps, head
         for p in self.taps.parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(False)  # frozen unless build_tap_detector adapts some of it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # B x L x D input is already block tokens (the training loop feeds cached features).
@@ -119,9 +119,25 @@ def build_backbone(cfg: DetectorConfig, pretrained: bool = False, pretrained_fil
 
 
 def build_tap_detector(cfg: DetectorConfig, backbone: nn.Module) -> TapDetector:
-    taps = BlockTaps(backbone, cfg.blocks)
     dim = int(getattr(backbone, "embed_dim", 0) or backbone.num_features)
-    return TapDetector(taps, BlockHead(len(cfg.blocks), dim, cfg.head_dim))
+    detector = TapDetector(BlockTaps(backbone, cfg.blocks), BlockHead(len(cfg.blocks), dim, cfg.head_dim))
+    if cfg.lora_rank:
+        from models.lora import add_lora
+
+        add_lora(backbone, cfg.lora_blocks, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank)
+    for name, p in detector.taps.named_parameters():
+        p.requires_grad_(is_tuned(name.removeprefix("vit."), cfg))
+    return detector
+
+
+def is_tuned(backbone_key: str, cfg: DetectorConfig) -> bool:
+    """Whether a backbone parameter is trained (and so stored beside the head)."""
+    from models.lora import LORA_KEY
+
+    if LORA_KEY in f".{backbone_key}":
+        return True
+    parts = backbone_key.split(".")
+    return len(parts) > 2 and parts[0] == "blocks" and int(parts[1]) in cfg.tuned_blocks
 
 
 def load_backbone_weights(backbone: nn.Module, cfg: DetectorConfig) -> None:

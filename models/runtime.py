@@ -23,7 +23,7 @@ from PIL import Image
 from models import quantize as _quantize
 from models.backends import SPECS, BackendSpec, ModuleBackend  # noqa: F401  (ModuleBackend re-exported)
 from models.config import DetectorConfig
-from models.preprocess import average_views, calibrated_probability, eval_pixels, normalize_views
+from models.preprocess import aggregate_views, calibrated_probability, eval_pixels, normalize_views
 from models.verdict import is_flagged
 
 
@@ -83,7 +83,7 @@ class Detector:
             batch = torch.cat([normalize_views(torch.from_numpy(np.array(v)), pre) if is_int
                                else torch.from_numpy(np.asarray(v, dtype=np.float32))
                                for v, is_int in zip(views, integer, strict=True)])
-        return average_views(self.view_logits(batch), counts)
+        return aggregate_views(self.view_logits(batch), counts, self.config.preprocess)
 
     def probabilities_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
         return calibrated_probability(self.logits_from_views(views), self.config.temperature)
@@ -99,12 +99,12 @@ class Detector:
         if ok:
             kept = [views[i] for i in ok]  # uint8 and padded int16 items cat to int16: -1 stays the mark
             batch = normalize_views(torch.cat(kept), self.config.preprocess)
-            logits = average_views(self.view_logits(batch), [len(v) for v in kept])
+            logits = aggregate_views(self.view_logits(batch), [len(v) for v in kept], self.config.preprocess)
             out[ok] = calibrated_probability(logits, self.config.temperature)
         return out
 
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Raw (uncalibrated) per-image logits, averaged over each image's views."""
+        """Raw (uncalibrated) per-image logits, combined over each image's views (the scale policy)."""
         return self.logits_from_views([eval_pixels(img, self.config.preprocess) for img in images])
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""`fakelens demo-data` and `fakelens train`: flags -> typed config -> one function call.
+"""`fakelens demo-data`, `fakelens twins` and `fakelens train`: flags -> typed config -> one function call.
 
     fakelens demo-data /tmp/demo --n 200
     fakelens train --data /tmp/demo --out /tmp/run --model vit_tiny_patch16_224 --img-size 64 --epochs 2
@@ -45,6 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="instead: write scikit-image's bundled camera photographs (real) to OUT/real/")
     demo.set_defaults(run=run_demo_data)
 
+    tw = sub.add_parser("twins", help="write content-matched synthetic twins of real training pictures (TAEF2)")
+    tw.add_argument("--data", required=True, action="append", help="dataset(s) whose real train/val pictures get a twin")
+    tw.add_argument("--weights", required=True, help="folder with taef2_encoder.pth and taef2_decoder.pth")
+    tw.add_argument("--out", required=True, help="output folder: images/ and manifest.csv (resumable)")
+    tw.add_argument("--limit", type=int, default=None, help="at most this many twins, spread over sources")
+    tw.set_defaults(run=run_twins)
+
     p = sub.add_parser("train", help="fine-tune a timm model into a real-vs-synthetic detector")
     p.add_argument("--data", required=True, action="append",
                    help="dataset folder (real/, fake/) or CSV/JSONL manifest; repeat to train on several at once "
@@ -60,6 +67,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=D["img_size"])
     p.add_argument("--crop-mode", choices=("crop", "resize"), default=D["crop_mode"],
                    help="crop: native-resolution random crops (keeps generator artifacts); resize: shorter side first")
+    p.add_argument("--scales", type=_scales, default=D["scales"],
+                   help="views served per picture: 'resized,native' (default: the whole picture at the training "
+                        "scale plus native-resolution crops, logits combined by a rule fitted on val), 'native', 'resized'")
+    p.add_argument("--resize-size", type=int, default=D["resize_size"],
+                   help="shorter side of the resized view (default: img-size * 8/7, 256 for 224)")
+    p.add_argument("--undo-upscale", action=argparse.BooleanOptionalAction, default=D["undo_upscale"],
+                   help="take native views at the picture's intrinsic scale (an upscaled picture is shrunk back first)")
+    p.add_argument("--lora-rank", type=int, default=D["lora_rank"],
+                   help="with --head blocks: LoRA of this rank on the attention of --lora-blocks (0: frozen backbone)")
+    p.add_argument("--lora-alpha", type=float, default=D["lora_alpha"], help="LoRA scale numerator (default: the rank)")
+    p.add_argument("--lora-blocks", type=_blocks, default=D["lora_blocks"], help="blocks LoRA adapts (default: the last four)")
+    p.add_argument("--tune-blocks", type=_blocks, default=D["tune_blocks"],
+                   help="with --head blocks: blocks trained outright, e.g. '10,11' (the last k)")
     p.add_argument("--epochs", type=int, default=D["epochs"])
     p.add_argument("--batch-size", type=int, default=D["batch_size"],
                    help="global batch; under torchrun each of N processes takes batch-size/N (must divide)")
@@ -110,6 +130,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_train)
 
 
+def _scales(text: str) -> tuple[str, ...]:
+    from models.config import SCALES
+
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not names or not set(names) <= set(SCALES):
+        raise argparse.ArgumentTypeError(f"{text!r}: give names from {', '.join(SCALES)}, e.g. 'resized,native'")
+    return names
+
+
 def _blocks(text: str) -> tuple[int, ...]:
     if text.strip().lower() == "all":
         return ()
@@ -144,6 +173,23 @@ def run_demo_data(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     manifest = write_demo_dataset(args.out, n=args.n, seed=args.seed)
     print(f"wrote {args.n} images and {manifest} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def run_twins(args: argparse.Namespace) -> int:
+    from models.dataset import list_samples
+    from training.twins import make_twins, pick_reals
+
+    _setup_logging()
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be >= 1")
+    reals = pick_reals(list_samples(",".join(args.data)), args.limit)
+    if not reals:
+        raise ValueError("no real train/val pictures in --data to make twins of")
+    start = time.perf_counter()
+    manifest = make_twins(reals, args.weights, args.out)
+    print(f"wrote {len(reals)} twins and {manifest} in {time.perf_counter() - start:.1f} s; "
+          f"train with --data {manifest} beside the real data")
     return 0
 
 

@@ -30,7 +30,7 @@ import torch
 from models.clip_weights import cache_dir
 from models.config import DetectorConfig
 from models.dataset import Sample
-from models.preprocess import decode_image, eval_views
+from models.preprocess import decode_image, file_view
 from training.augment import AugmentConfig, train_view
 
 log = logging.getLogger("fakelens.train")
@@ -38,9 +38,11 @@ SHARD_ROWS = 64
 
 
 def sample_key(s: Sample) -> str:
-    """Identifies an image's bytes cheaply: its file name, parent folder and size."""
+    """Identifies an image's bytes cheaply: its last four path parts and its size. Four, because
+    datasets that hold two views of one picture repeat `<source>/<name>` (realfake-native and its
+    parents, realfake-families' resized/ and native/), and a key must never serve the other view."""
     p = Path(s.path)
-    return f"{p.parent.name}/{p.name}:{p.stat().st_size}"
+    return f"{'/'.join(p.parts[-4:])}:{p.stat().st_size}"
 
 
 def cache_key(det_cfg: DetectorConfig, aug: AugmentConfig, seed: int, salt: str = "") -> str:
@@ -48,15 +50,22 @@ def cache_key(det_cfg: DetectorConfig, aug: AugmentConfig, seed: int, salt: str 
     so runs with more views extend the same cache."""
     ident = {
         "arch": det_cfg.arch, "model_kwargs": det_cfg.model_kwargs, "blocks": det_cfg.blocks,
-        "weights": [det_cfg.backbone_weights, det_cfg.backbone_sha256], "preprocess": asdict(det_cfg.preprocess),
+        "weights": [det_cfg.backbone_weights, det_cfg.backbone_sha256], "preprocess": view_fields(det_cfg.preprocess),
         "aug": asdict(aug), "seed": seed, "salt": salt,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def view_fields(pre) -> dict:
+    """The preprocessing fields a cached view depends on. A cached view is one file's centre crop
+    (or an augmented crop) at the file's own scale; how the service later combines views of a
+    picture (its scale policy) is fitted on these features and must not invalidate them."""
+    return {k: getattr(pre, k) for k in ("img_size", "crop_mode", "mean", "std")}
+
+
 def view_of(img, det_cfg: DetectorConfig, aug: AugmentConfig, seed: int, view: int, key: str) -> np.ndarray:
     if view == 0:
-        return eval_views(img, det_cfg.preprocess)[0]
+        return file_view(img, det_cfg.preprocess)
     salt = int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)
     return train_view(img, det_cfg.preprocess, aug, np.random.default_rng([seed, view, salt]))
 

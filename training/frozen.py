@@ -19,6 +19,7 @@ from models.config import DetectorConfig, PreprocessConfig
 from models.dataset import Sample
 from training.augment import AugmentConfig
 from training.features import FeatureCache, TapExtractor, cache_key, feature_cache_dir, fill, sample_key
+from training.loader import epoch_draws
 from training.train_config import TrainConfig
 
 log = logging.getLogger("fakelens.train")
@@ -39,7 +40,7 @@ def pretrained_norm(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]] | 
 
 def detector_config(cfg: TrainConfig) -> DetectorConfig:
     """The DetectorConfig a run trains: architecture, weights identity, preprocessing from the weights."""
-    pre = PreprocessConfig(img_size=cfg.img_size, crop_mode=cfg.crop_mode)
+    pre = PreprocessConfig(img_size=cfg.img_size, crop_mode=cfg.crop_mode, **scale_policy(cfg))
     spec = weights_for_alias(cfg.model)
     det = DetectorConfig(arch=cfg.model, model_kwargs=dict(cfg.model_kwargs), preprocess=pre, target_fpr=cfg.target_fpr)
     if spec is not None:
@@ -54,18 +55,33 @@ def detector_config(cfg: TrainConfig) -> DetectorConfig:
         if norm is not None:
             det = dataclasses.replace(det, preprocess=dataclasses.replace(pre, mean=norm[0], std=norm[1]))
     if cfg.head == "blocks":
-        det = dataclasses.replace(det, head="blocks", head_dim=cfg.head_dim, blocks=cfg.blocks or (-1,))
+        det = dataclasses.replace(det, head="blocks", head_dim=cfg.head_dim, blocks=cfg.blocks or (-1,),
+                                  lora_rank=cfg.lora_rank, lora_alpha=cfg.lora_alpha or float(cfg.lora_rank),
+                                  lora_blocks=tuple(cfg.lora_blocks), tuned_blocks=tuple(cfg.tune_blocks))
     return det
+
+
+def scale_policy(cfg: TrainConfig) -> dict:
+    """PreprocessConfig fields of the run's scale policy (native_weight is fitted at calibration)."""
+    if cfg.crop_mode == "resize":
+        return {"scales": ("native",)}
+    resize = cfg.resize_size or round(cfg.img_size * 8 / 7)
+    return {"scales": tuple(cfg.scales), "resize_size": resize, "undo_upscale": cfg.undo_upscale}
 
 
 def with_all_blocks(det: DetectorConfig) -> DetectorConfig:
     """blocks=() on the command line means every block of the backbone."""
     if det.blocks != (-1,):
+        if det.lora_rank and not det.lora_blocks:
+            return dataclasses.replace(det, lora_blocks=tuple(range(max(0, max(det.blocks) - 3), max(det.blocks) + 1)))
         return det
     from models.network import build_backbone
 
     depth = len(build_backbone(dataclasses.replace(det, head="classifier", blocks=())).blocks)
-    return dataclasses.replace(det, blocks=tuple(range(depth)))
+    det = dataclasses.replace(det, blocks=tuple(range(depth)))
+    if det.lora_rank and not det.lora_blocks:
+        det = dataclasses.replace(det, lora_blocks=tuple(range(max(0, depth - 4), depth)))
+    return det
 
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
@@ -107,8 +123,7 @@ class FeatureDataset(Dataset):
 
     def table(self, epoch: int) -> np.ndarray:
         if epoch not in self._tables:
-            rng = np.random.default_rng([self.seed, epoch, 7])
-            self._tables = {epoch: rng.choice(len(self.samples), size=len(self.samples), p=self.weights)}
+            self._tables = {epoch: epoch_draws(self.weights, self.seed, epoch)}
         return self._tables[epoch]
 
     def __getitem__(self, key: tuple[int, int]):

@@ -26,18 +26,35 @@ from models.preprocess import decode_image
 from training.augment import AugmentConfig, train_view
 
 
-class TrainDataset(Dataset):
-    """Items are keyed by (epoch, index) so a view depends only on (seed, epoch, index)."""
+def epoch_draws(weights: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """Which sample each index of an epoch reads under balanced sampling: len(weights) draws with
+    replacement, fixed by (seed, epoch), so resume replays them."""
+    return np.random.default_rng([seed, epoch, 7]).choice(len(weights), size=len(weights), p=weights)
 
-    def __init__(self, samples: list[Sample], pre: PreprocessConfig, aug: AugmentConfig, seed: int):
-        self.samples, self.pre, self.aug, self.seed = samples, pre, aug, seed
+
+class TrainDataset(Dataset):
+    """Items are keyed by (epoch, index) so a view depends only on (seed, epoch, index).
+
+    With `weights` (training/frozen.py `sample_weights`), index i of an epoch reads a drawn sample."""
+
+    def __init__(self, samples: list[Sample], pre: PreprocessConfig, aug: AugmentConfig, seed: int,
+                 weights: np.ndarray | None = None):
+        self.samples, self.pre, self.aug, self.seed, self.weights = samples, pre, aug, seed, weights
+        self._draws: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def sample_index(self, epoch: int, i: int) -> int:
+        if self.weights is None:
+            return i
+        if epoch not in self._draws:
+            self._draws = {epoch: epoch_draws(self.weights, self.seed, epoch)}
+        return int(self._draws[epoch][i])
+
     def __getitem__(self, key: tuple[int, int]):
         epoch, i = key
-        s = self.samples[i]
+        s = self.samples[self.sample_index(epoch, i)]
         try:
             img, _ = decode_image(s.path)
         except (ValueError, OSError) as e:  # ImageError is a ValueError; OSError: unreadable file

@@ -180,14 +180,16 @@ def setup(cfg: TrainConfig) -> Run:
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     scheduler = build_scheduler(optimizer, warmup, steps_per_epoch * cfg.epochs, cfg.min_lr_ratio)
     features, dataset, pos_weight = None, None, torch.tensor(1.0, device=device)
-    if det_cfg.head == "blocks":
+    if det_cfg.head == "blocks" and not det_cfg.tunes_backbone:
         # The frozen backbone runs once per view; the loop then trains the head on the cache.
         features = frozen.build_cache(cfg, det_cfg, model, train_samples, val, device)
         weights = frozen.sample_weights(train_samples, cfg.balance)
         dataset = frozen.FeatureDataset(train_samples, features, cfg.feature_views, weights, cfg.seed)
     else:
-        dataset = TrainDataset(train_samples, det_cfg.preprocess, frozen.augment_config(cfg), cfg.seed)
-    if cfg.balance == "none" or det_cfg.head == "classifier":
+        # Balanced sampling when asked for by name ("label" stays the loss's pos_weight, as before).
+        weights = frozen.sample_weights(train_samples, cfg.balance) if cfg.balance == "source" else None
+        dataset = TrainDataset(train_samples, det_cfg.preprocess, frozen.augment_config(cfg), cfg.seed, weights)
+    if cfg.balance == "none" or (features is None and cfg.balance != "source"):
         # Without balanced sampling, pos_weight balances the classes in the loss instead.
         n_fake = sum(s.label for s in train_samples)
         pos_weight = torch.tensor((len(train_samples) - n_fake) / n_fake, device=device)

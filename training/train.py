@@ -39,7 +39,7 @@ from models.checkpoint import CONFIG, WEIGHTS, load_model_dir
 from models.config import DetectorConfig
 from models.metrics import roc_auc
 from models.runtime import Detector, ModuleBackend
-from training import distributed
+from training import distributed, scale_rule
 from training.calibrate import calibrate
 from training.evaluate import collect_logits
 from training.frozen import cached_logits
@@ -235,8 +235,8 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
         return best_dir, run.progress.best_auc
     model, det_cfg = load_model_dir(best_dir)
     metrics, logits, labels, kept = validate(run, model.to(run.device), det_cfg)
+    det_cfg, logits, labels, groups = fit_scale_rule(det_cfg, kept, logits, labels)
     # Several sources (several --data, or a manifest's source column): balance the threshold over them.
-    groups = [s.source for s in kept]
     calibrated = calibrate(det_cfg, logits, labels, groups if len(set(groups)) > 1 else None)
     calibrated = dataclasses.replace(
         calibrated,
@@ -249,6 +249,22 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
     log.info("calibrated %s: temperature %.3f, threshold %.3f, val AUC %.4f", best_dir,
              calibrated.temperature, calibrated.threshold, metrics["val_auc"])
     return best_dir, metrics["val_auc"]
+
+
+def fit_scale_rule(det_cfg: DetectorConfig, val: list, logits: np.ndarray, labels: np.ndarray):
+    """Where val holds pictures in both views (a resized file and a native crop of one picture),
+    choose the native view's weight on them and calibrate on one combined logit per picture, as
+    the service will compute it. Otherwise each file is a picture, at the config's default rule."""
+    pre = det_cfg.preprocess
+    if not (set(pre.scales) == {"resized", "native"} and scale_rule.has_both_views(val)):
+        return det_cfg, logits, labels, [s.source for s in val]
+    weight, table = scale_rule.choose_native_weight(val, logits)
+    z, y, groups = scale_rule.picture_logits(val, logits, weight)
+    log.info("scale policy: native view weight %.2f (val AUC by weight, pictures with both views: %s)", weight, table)
+    det_cfg = dataclasses.replace(det_cfg, preprocess=dataclasses.replace(pre, native_weight=weight),
+                                  metrics={**det_cfg.metrics, "scale_rule": {"native_weight": weight,
+                                                                             "val_auc_by_weight": table}})
+    return det_cfg, z, y, groups
 
 
 def train(cfg: TrainConfig) -> TrainResult:

@@ -39,6 +39,12 @@ class TrainConfig:
     pretrained_file: str | None = None
     img_size: int = PreprocessConfig.img_size
     crop_mode: str = PreprocessConfig.crop_mode
+    # The scale policy the detector is served with (models/preprocess.py `plan_views`): a resized
+    # whole-picture view (shorter side `resize_size`; None: img_size * 8 / 7, 256 for 224) and native
+    # views at the picture's intrinsic scale (`undo_upscale`). "resize" crop mode keeps one view.
+    scales: tuple[str, ...] = ("resized", "native")
+    resize_size: int | None = None
+    undo_upscale: bool = True
     epochs: int = 10
     # The global batch: under torchrun each of N processes takes batch_size / N of it.
     batch_size: int = 32
@@ -59,6 +65,13 @@ class TrainConfig:
     head: str = "classifier"
     blocks: tuple[int, ...] = ()
     head_dim: int = 128
+    # Adapt the backbone under a "blocks" head (models/lora.py): LoRA of this rank (0: off) on the
+    # attention of `lora_blocks` (empty: the last four), and/or `tune_blocks` trained outright.
+    # Either makes the loop read images instead of the feature cache.
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_blocks: tuple[int, ...] = ()
+    tune_blocks: tuple[int, ...] = ()
     # Augmented views per training image in the feature cache (view 0 is the eval view).
     feature_views: int = 1
     # Sampling balance: "label" (real/fake 50/50), "source" (also across sources within a
@@ -106,6 +119,9 @@ class TrainConfig:
             (not (self.pretrained_file and self.pretrained), "use either --pretrained or --pretrained-file, not both"),
             (self.head in HEADS, f"--head {self.head!r}: choose one of {HEADS}"),
             (self.balance in BALANCES, f"--balance {self.balance!r}: choose one of {BALANCES}"),
+            (self.lora_rank >= 0, f"--lora-rank {self.lora_rank}: must be >= 0"),
+            (not ((self.lora_rank or self.tune_blocks) and self.head != "blocks"),
+             "--lora-rank/--tune-blocks adapt the backbone under --head blocks; add --head blocks"),
             (self.feature_views >= 0, f"--feature-views {self.feature_views}: must be >= 0"),
             (0 <= self.downscale_prob <= 1, f"--downscale-prob {self.downscale_prob}: must be within [0, 1]"),
             (0 <= self.noise_prob <= 1, f"--noise-prob {self.noise_prob}: must be within [0, 1]"),
@@ -121,8 +137,9 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        if "blocks" in d:
-            d["blocks"] = tuple(d["blocks"])
+        for key in ("blocks", "scales", "lora_blocks", "tune_blocks"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(**d)
 
     def save(self, path: Path) -> None:
