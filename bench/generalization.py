@@ -108,9 +108,10 @@ def view_auc(pos: list[Sample], zpos: np.ndarray, neg: list[Sample], zneg: np.nd
     return float(roc_auc(y, np.r_[zpos[keep_p], zneg[keep_n]]))
 
 
-def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work: Path) -> dict:
-    train_part = [s for s in samples if s.split == "train" and not fold.holds(s)]
-    val_part = [s for s in samples if s.split == "val" and not fold.holds(s)]
+def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work: Path,
+             trains_on=lambda s: True) -> dict:
+    train_part = [s for s in samples if s.split == "train" and not fold.holds(s) and trains_on(s)]
+    val_part = [s for s in samples if s.split == "val" and not fold.holds(s) and trains_on(s)]
     held = [s for s in samples if fold.tested(s)]
     manifest = write_manifest(work / fold.name / "manifest.csv", {"train": train_part, "val": val_part, "test": held})
     start = time.perf_counter()
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-root", default=str(SHARED))
     ap.add_argument("--twins", help="a twins manifest (fakelens twins) added to every fold's training data")
     ap.add_argument("--folds", default="all", help="comma-separated fold names (default: all)")
+    ap.add_argument("--train-datasets", default=",".join(DATASETS),
+                    help="datasets the recipe trains and calibrates on (the others are only tested)")
     ap.add_argument("--out", default="/tmp/fakelens-generalization")
     ap.add_argument("--name", default="frozen head", help="the recipe's name in the table")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
@@ -175,9 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     bank = FeatureBank.build(recipe, samples)
     samples = bank.usable(samples)
     folds = FOLDS if args.folds == "all" else [f for f in FOLDS if f.name in args.folds.split(",")]
+    chosen = set(args.train_datasets.split(","))
+
+    def trains_on(s: Sample) -> bool:
+        return s.source.split("/")[0] in chosen or is_twin(s)
+
     rows = []
     for fold in folds:
-        rows.append(run_fold(fold, samples, bank, recipe, Path(args.out)))
+        rows.append(run_fold(fold, samples, bank, recipe, Path(args.out) / args.name.replace(" ", "-"), trains_on))
         logging.warning("fold %s: %s", fold.name, json.dumps(rows[-1]))
     print_table(rows, f"{args.name}{' + twins' if args.twins else ''}")
     Path(args.out).mkdir(parents=True, exist_ok=True)
