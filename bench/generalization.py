@@ -35,7 +35,7 @@ import numpy as np
 from models.checkpoint import load_model_dir
 from models.dataset import Sample, list_samples
 from models.metrics import ece, roc_auc
-from models.preprocess import calibrated_probability
+from models.preprocess import calibrated_probability, decode_image, file_view
 from training.feature_bank import FeatureBank, frozen_recipe, head_logits
 from training.scale_rule import picture_logits
 from training.train import train
@@ -59,7 +59,10 @@ REAL_GROUPS = {  # real sources per group
 
 
 def src(s: Sample) -> str:
-    """The source without its dataset prefix (a twin's: the source of the real it was made from)."""
+    """The source without its dataset prefix; a twin's is that of the real it was made from, read
+    from its picture (`<dataset>/images/<source>/<name>`)."""
+    if is_twin(s):
+        return Path(s.picture).parent.name
     return s.source.rsplit("/", 1)[-1]
 
 
@@ -108,6 +111,21 @@ def view_auc(pos: list[Sample], zpos: np.ndarray, neg: list[Sample], zneg: np.nd
     return float(roc_auc(y, np.r_[zpos[keep_p], zneg[keep_n]]))
 
 
+def file_logits(model, det, bank: FeatureBank, samples: list[Sample], batch: int = 32) -> np.ndarray:
+    """Each file's logit on its own view: from the feature cache when the backbone stayed frozen,
+    else (LoRA, tuned blocks) through the adapted backbone."""
+    if not det.tunes_backbone:
+        return head_logits(model.head, bank.features(samples))
+    import torch
+
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(samples), batch):
+            x = np.stack([file_view(decode_image(s.path)[0], det.preprocess) for s in samples[i : i + batch]])
+            out.append(model(torch.from_numpy(x)).float().reshape(-1).numpy())
+    return np.concatenate(out)
+
+
 def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work: Path,
              trains_on=lambda s: True) -> dict:
     train_part = [s for s in samples if s.split == "train" and not fold.holds(s) and trains_on(s)]
@@ -118,10 +136,9 @@ def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work:
     result = train(dataclasses.replace(recipe, data=str(manifest), out=str(work / fold.name / "run")))
     seconds = time.perf_counter() - start
     model, det = load_model_dir(result.best_dir)
-    head = model.head if hasattr(model, "head") else model
     # the positives are always the fakes: left-out fakes vs val reals, or val fakes vs left-out reals
     other = [s for s in val_part if s.label != held[0].label and not is_twin(s)]
-    z_held, z_other = head_logits(head, bank.features(held)), head_logits(head, bank.features(other))
+    z_held, z_other = file_logits(model, det, bank, held), file_logits(model, det, bank, other)
     fakes, z_f, reals, z_r = (held, z_held, other, z_other) if held[0].label == 1 else (other, z_other, held, z_held)
     w = det.preprocess.native_weight
     pf, _, _ = picture_logits(fakes, z_f, w)

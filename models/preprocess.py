@@ -252,7 +252,7 @@ def scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:
 
 
 def needs_upscale_estimate(width: int, height: int, pre: PreprocessConfig) -> bool:
-    """Only a picture whose native view would differ from its resized one needs the spectrum."""
+    """Only a picture whose native view could differ from its resized one needs the upscale estimate."""
     if not pre.undo_upscale or pre.crop_mode == "resize":
         return False
     return "resized" not in pre.scales or min(width, height) > pre.resize_size * SAME_SCALE

@@ -6,8 +6,9 @@ differ only in how the pixels were made (aligned datasets, ICLR 2025; B-Free, CV
 
 A twin is written the way its real was stored (same size, baseline JPEG q95 4:4:4, no metadata),
 so the codec and the scale cannot tell the classes apart; twins cleaner than their real would teach
-"sharp means fake". The output is a manifest (label fake, generator taef2, the real's split and
-picture), written file by file and resumable: a twin already on disk is never recomputed, and the
+"sharp means fake". The output is a manifest: label fake, generator taef2, the real's split and
+picture, and one source for all twins, so source-balanced sampling weighs them as one source
+whatever their number. It is resumable: a twin already on disk is never recomputed, and the
 manifest is rewritten atomically at the end. Twins are a pure function of the real's pixels.
 """
 
@@ -150,7 +151,7 @@ def make_twins(reals: list[Sample], weights: str | Path, out: str | Path, thread
                 continue
             data = store_like_real(model.reconstruct(rgb))
             atomic_write(target, lambda tmp, data=data: Path(tmp).write_bytes(data))
-        rows.append({"path": rel, "label": "fake", "source": f"twin-{s.source or 'real'}",
+        rows.append({"path": rel, "label": "fake", "source": "taef2-twins",
                      "generator": "taef2", "split": s.split, "parent": s.picture or s.path,
                      "view": s.view or "resized"})
         if (i + 1) % 50 == 0:
