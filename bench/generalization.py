@@ -25,6 +25,7 @@ import csv
 import dataclasses
 import json
 import logging
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -157,6 +158,11 @@ def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work:
     }
 
 
+def slug(name: str) -> str:
+    """A folder name without commas (a comma separates datasets in `--data`)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
@@ -200,13 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     def trains_on(s: Sample) -> bool:
         return s.source.split("/")[0] in chosen or is_twin(s)
 
+    title = f"{args.name}{' + twins' if args.twins else ''}"
+    work = Path(args.out) / slug(title)
     rows = []
     for fold in folds:
-        rows.append(run_fold(fold, samples, bank, recipe, Path(args.out) / args.name.replace(" ", "-"), trains_on))
+        rows.append(run_fold(fold, samples, bank, recipe, work, trains_on))
         logging.warning("fold %s: %s", fold.name, json.dumps(rows[-1]))
-    print_table(rows, f"{args.name}{' + twins' if args.twins else ''}")
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "folds.json").write_text(json.dumps(rows, indent=1))
+    print_table(rows, title)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "folds.json").write_text(json.dumps(rows, indent=1))
     return 0
 
 

@@ -89,11 +89,16 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
                          downscale_prob=cfg.downscale_prob, noise_prob=cfg.noise_prob)
 
 
-def sample_weights(samples: list[Sample], balance: str) -> np.ndarray:
+def sample_weights(samples: list[Sample], balance: str, content: np.ndarray | None = None) -> np.ndarray:
     """Sampling probabilities: each label half the draws ("label"), and within a label each source
     weighted by 1/sqrt(its size) ("source"), so the largest source does not set the decision
-    while a source of 20 images is not repeated 50 times an epoch."""
+    while a source of 20 images is not repeated 50 times an epoch. "content" also balances the
+    labels within each content cluster (`content`: a cluster id per sample, `content_clusters`)."""
     y = np.array([s.label for s in samples])
+    if balance == "content":
+        if content is None:
+            raise ValueError("--balance content needs content clusters (a frozen-backbone feature cache)")
+        return balance_within_clusters(sample_weights(samples, "source"), y, content)
     if balance == "none":
         w = np.ones(len(samples))
     else:
@@ -103,6 +108,53 @@ def sample_weights(samples: list[Sample], balance: str) -> np.ndarray:
         for label in (0, 1):
             w[y == label] /= w[y == label].sum() * 2
     return w / w.sum()
+
+
+# What a cluster that holds one label keeps of its sampling mass: some, or its generator (or its
+# kind of real photo) would be unseen, but little, or its content would become the label.
+ONE_LABEL_MASS = 0.2
+
+
+def balance_within_clusters(w: np.ndarray, y: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Reweight so that real and fake carry the same mass inside every content cluster: a detector
+    then cannot read "portrait" or "crowd" as a label ("Balance what the classes depict"). Mass a
+    cluster has in one label only is kept at ONE_LABEL_MASS of its weight."""
+    out = w.copy()
+    for c in np.unique(clusters):
+        m = clusters == c
+        real, fake = w[m & (y == 0)].sum(), w[m & (y == 1)].sum()
+        shared = min(real, fake)
+        for label, mass in ((0, real), (1, fake)):
+            if mass > 0:
+                target = shared + ONE_LABEL_MASS * (mass - shared)
+                out[m & (y == label)] *= target / mass
+    for label in (0, 1):
+        out[y == label] /= out[y == label].sum() * 2
+    return out / out.sum()
+
+
+def content_clusters(tokens: np.ndarray, k: int = 24, seed: int = 0, iters: int = 25) -> np.ndarray:
+    """Cluster ids from the backbone's last tapped CLS token (what a picture depicts), by spherical
+    k-means with a fixed seed: deterministic, so resume and rebuilds replay."""
+    x = tokens / (np.linalg.norm(tokens, axis=1, keepdims=True) + 1e-8)
+    rng = np.random.default_rng([seed, 13])
+    centres = x[rng.choice(len(x), size=min(k, len(x)), replace=False)]
+    for _ in range(iters):
+        ids = np.argmax(x @ centres.T, axis=1)
+        for j in range(len(centres)):
+            if np.any(ids == j):
+                c = x[ids == j].mean(0)
+                centres[j] = c / (np.linalg.norm(c) + 1e-8)
+    return np.argmax(x @ centres.T, axis=1)
+
+
+def cache_clusters(samples: list[Sample], cache: FeatureCache, seed: int) -> np.ndarray:
+    """Content clusters of the train samples from their cached eval view (unreadable files: -1)."""
+    ok = [i for i, s in enumerate(samples) if sample_key(s) not in cache.errors]
+    ids = np.full(len(samples), -1)
+    tokens = np.stack([cache.get(sample_key(samples[i]), 0)[-1] for i in ok]).astype(np.float32)
+    ids[ok] = content_clusters(tokens, seed=seed)
+    return ids
 
 
 class FeatureDataset(Dataset):

@@ -183,12 +183,16 @@ def setup(cfg: TrainConfig) -> Run:
     if det_cfg.head == "blocks" and not det_cfg.tunes_backbone:
         # The frozen backbone runs once per view; the loop then trains the head on the cache.
         features = frozen.build_cache(cfg, det_cfg, model, train_samples, val, device)
-        weights = frozen.sample_weights(train_samples, cfg.balance)
+        content = frozen.cache_clusters(train_samples, features, cfg.seed) if cfg.balance == "content" else None
+        weights = frozen.sample_weights(train_samples, cfg.balance, content)
         dataset = frozen.FeatureDataset(train_samples, features, cfg.feature_views, weights, cfg.seed)
     else:
         # Balanced sampling when asked for by name ("label" stays the loss's pos_weight, as before).
         weights = frozen.sample_weights(train_samples, cfg.balance) if cfg.balance == "source" else None
         dataset = TrainDataset(train_samples, det_cfg.preprocess, frozen.augment_config(cfg), cfg.seed, weights)
+    if cfg.balance == "content" and features is None:
+        raise ValueError("--balance content clusters cached frozen-backbone features: use it with --head blocks "
+                         "without --lora-rank/--tune-blocks, or --balance source")
     if cfg.balance == "none" or (features is None and cfg.balance != "source"):
         # Without balanced sampling, pos_weight balances the classes in the loss instead.
         n_fake = sum(s.label for s in train_samples)

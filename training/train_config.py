@@ -19,7 +19,7 @@ OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 DEVICES = ("auto", "cpu", "cuda")
 HEADS = ("classifier", "blocks")
-BALANCES = ("none", "label", "source")
+BALANCES = ("none", "label", "source", "content")
 
 # Fields that may differ between an interrupted run and its --resume without changing
 # the result (how long to run, how fast to load, where to report).
@@ -75,7 +75,8 @@ class TrainConfig:
     # Augmented views per training image in the feature cache (view 0 is the eval view).
     feature_views: int = 1
     # Sampling balance: "label" (real/fake 50/50), "source" (also across sources within a
-    # label, weight 1/sqrt(source size)), "none" (as the data comes).
+    # label, weight 1/sqrt(source size)), "content" (also real/fake balanced within content clusters
+    # of the frozen features: training/frozen.py), "none" (as the data comes).
     balance: str = "label"
     jpeg_prob: float = 0.3
     blur_prob: float = 0.1
