@@ -98,7 +98,7 @@ def write_manifest(path: Path, parts: dict[str, list[Sample]]) -> Path:
             for s in samples:
                 w.writerow({"path": str(Path(s.path).resolve()), "label": "fake" if s.label else "real",
                             "source": s.source, "generator": s.generator, "split": split,
-                            "parent": s.picture or s.path, "view": s.view})
+                            "parent": s.picture or s.path, "view": s.view or "resized"})
     return path
 
 
@@ -138,7 +138,9 @@ def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work:
     seconds = time.perf_counter() - start
     model, det = load_model_dir(result.best_dir)
     # the positives are always the fakes: left-out fakes vs val reals, or val fakes vs left-out reals
-    other = [s for s in val_part if s.label != held[0].label and not is_twin(s)]
+    # the same counterpart pictures whatever the recipe trains on, so recipes compare on one test set
+    other = [s for s in samples if s.split == "val" and not fold.holds(s) and s.label != held[0].label
+             and not is_twin(s)]
     z_held, z_other = file_logits(model, det, bank, held), file_logits(model, det, bank, other)
     fakes, z_f, reals, z_r = (held, z_held, other, z_other) if held[0].label == 1 else (other, z_other, held, z_held)
     w = det.preprocess.native_weight
