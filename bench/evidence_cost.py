@@ -8,7 +8,7 @@ A random-weight detector of `--arch` at 224 px (or `--model`, any folder/tag/"de
 the shipped CPU runtime), then each feature is timed on the same inputs, medians of
 `--rounds` runs, with the plain score measured in the same run as the baseline:
 - score: decode + views + model (what /detect does per image);
-- provenance: models.provenance.read_provenance on the file bytes (plain and C2PA-signed);
+- provenance: models.evidence.provenance.read_provenance on the file bytes (plain and C2PA-signed);
 - faces: yuface detection on the decoded image (face mode adds one model view per face);
 - explain: the occlusion heatmap at the default 7 x 7 grid (50 forwards per view);
 - video: sampling + scoring 1 frame per second of a 720p H.264 clip encoded here,
@@ -33,16 +33,16 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import save_model_dir  # noqa: E402
-from models.config import DetectorConfig, PreprocessConfig  # noqa: E402
-from models.explain import explain  # noqa: E402
-from models.export import ExportOptions, export_model  # noqa: E402
-from models.faces import find_faces  # noqa: E402
-from models.network import build_network  # noqa: E402
-from models.preprocess import decode_image, eval_views  # noqa: E402
-from models.provenance import read_provenance  # noqa: E402
-from models.runtime import load_detector  # noqa: E402
-from models.video import Sampling, VideoLimits, frame_plans, sample_frames  # noqa: E402
+from models.core.checkpoint import save_model_dir  # noqa: E402
+from models.core.config import DetectorConfig, PreprocessConfig  # noqa: E402
+from models.core.network import build_network  # noqa: E402
+from models.core.preprocess import decode_image, eval_views  # noqa: E402
+from models.evidence.explain import explain  # noqa: E402
+from models.evidence.faces import find_faces  # noqa: E402
+from models.evidence.provenance import read_provenance  # noqa: E402
+from models.evidence.video import Sampling, VideoLimits, frame_plans, sample_frames  # noqa: E402
+from models.runtime.export import ExportOptions, export_model  # noqa: E402
+from models.runtime.loader import load_detector  # noqa: E402
 from service.inputs import discover_inputs  # noqa: E402
 from tests.media_helpers import c2pa_signed_jpeg  # noqa: E402
 

@@ -33,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import load_model_dir
-from models.dataset import Sample, list_samples
-from models.metrics import ece, roc_auc
-from models.preprocess import calibrated_probability, decode_image, file_view
+from models.core.checkpoint import load_model_dir
+from models.core.dataset import Sample, list_samples
+from models.core.metrics import ece, roc_auc
+from models.core.preprocess import calibrated_probability, decode_image, file_view
 from training.feature_bank import FeatureBank, frozen_recipe, head_logits
 from training.scale_rule import picture_logits
 from training.train import train

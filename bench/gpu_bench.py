@@ -211,14 +211,14 @@ def photo_jpegs(n: int, size: int, seed: int = 0) -> list[bytes]:
 
 
 def section_decode(args) -> None:
-    """JPEG -> 224 centre crop -> normalised float input: the model process's path (models/jpeg_decode.py:
+    """JPEG -> 224 centre crop -> normalised float input: the model process's path (models/runtime/jpeg_decode.py:
     torchvision decode_jpeg on the device, nvJPEG on CUDA) vs the front's (Pillow, threads), and how far
     the device's pixels are from Pillow's (bit-identical on CPU; nvJPEG's IDCT may differ)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from models.config import PreprocessConfig
-    from models.jpeg_decode import device_views
-    from models.preprocess import decode_image, eval_pixels, normalize_views
+    from models.core.config import PreprocessConfig
+    from models.core.preprocess import decode_image, eval_pixels, normalize_views
+    from models.runtime.jpeg_decode import device_views
 
     device = args.device
     pre = PreprocessConfig(img_size=224)
@@ -247,7 +247,7 @@ def section_decode(args) -> None:
           f"median of {args.repeats}")
     print("| path | img/s | runs |")
     print("|---|---:|---|")
-    print(f"| models.jpeg_decode.device_views(device={device!r}) (torchvision decode_jpeg, batched) | "
+    print(f"| models.runtime.jpeg_decode.device_views(device={device!r}) (torchvision decode_jpeg, batched) | "
           f"{statistics.median(res['gpu']):,.0f} | {', '.join(f'{x:,.0f}' for x in res['gpu'])} |")
     print(f"| Pillow decode_image + eval_pixels, {threads} threads | {statistics.median(res['cpu']):,.0f} | "
           f"{', '.join(f'{x:,.0f}' for x in res['cpu'])} |")
@@ -258,8 +258,9 @@ def section_decode(args) -> None:
 def section_pixels(args) -> None:
     """The batched model path without HTTP: what the service's model method and the scorer run
     per batch (uint8 views -> device -> normalise -> model), against the model alone."""
-    from models.config import DetectorConfig, PreprocessConfig
-    from models.runtime import Detector, ModuleBackend
+    from models.core.config import DetectorConfig, PreprocessConfig
+    from models.runtime.backends import ModuleBackend
+    from models.runtime.detector import Detector
 
     device = args.device
     print(f"\n## batched model path (Detector.probabilities_from_views on uint8 views) vs model alone, "

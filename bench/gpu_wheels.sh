@@ -20,7 +20,7 @@ WHEELS=(
   annotated-types==0.8.0 typing-inspection==0.4.5 python-json-logger==4.2.0 python-multipart==0.0.34
   rich-toolkit==0.20.6 schema==0.7.8 simple-di==0.1.5 starlette==1.10.0 tomli-w==1.2.0 uvicorn==0.54.0
   watchfiles==1.3.0 wsproto==1.3.2
-  # every upload and scored file reads its provenance (models/provenance.py: C2PA, imported per
+  # every upload and scored file reads its provenance (models/evidence/provenance.py: C2PA, imported per
   # call). Left out, imported only when used: av (video, ~40 MB with FFmpeg) and yuface (faces;
   # no cp312 wheel of 2023.5.1).
   c2pa-python==0.38.1 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 toml==0.10.2

@@ -1,12 +1,12 @@
 """Static int8 vs the float runtimes of one real export: verdicts (AUC, FPR at the threshold) and speed.
 
-    .venv/bin/python -m models.quantize /tmp/exp --data ../shared/datasets/realfake-dev/manifest.csv
+    .venv/bin/python -m models.runtime.quantize /tmp/exp --data ../shared/datasets/realfake-dev/manifest.csv
     .venv/bin/python bench/int8_verdicts.py /tmp/exp --data ../shared/datasets/realfake-dev/manifest.csv \\
         --split test --batch 32 --rounds 3
 
 For each backend (fp32 ORT, the CPU default OpenVINO bf16, and the static int8 runtimes)
 scores the split's images through `Detector.probabilities_from_views` and prints AUC and
-FPR at the shipped threshold (`models.verdict.is_flagged`), then times each backend on the
+FPR at the shipped threshold (`models.core.verdict.is_flagged`), then times each backend on the
 same pre-cut uint8 views, interleaved in rounds (medians and ratios to fp32 and bf16 in one run).
 """
 
@@ -28,11 +28,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.dataset import list_samples  # noqa: E402
-from models.metrics import roc_auc  # noqa: E402
-from models.preprocess import ImageError, decode_image, eval_pixels  # noqa: E402
-from models.quantize import fpr_at_threshold  # noqa: E402
-from models.runtime import load_detector  # noqa: E402
+from models.core.dataset import list_samples  # noqa: E402
+from models.core.metrics import roc_auc  # noqa: E402
+from models.core.preprocess import ImageError, decode_image, eval_pixels  # noqa: E402
+from models.runtime.loader import load_detector  # noqa: E402
+from models.runtime.quantize import fpr_at_threshold  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,8 @@ import os
 
 from fastapi import FastAPI, File, HTTPException, UploadFile
 
-from models.preprocess import ImageError, decode_image
-from models.runtime import load_detector
+from models.core.preprocess import ImageError, decode_image
+from models.runtime.loader import load_detector
 
 detector = load_detector(os.environ["NAIVE_MODEL"], "eager", "cpu")
 app = FastAPI()

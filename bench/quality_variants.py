@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.dataset import list_samples
-from models.metrics import binary_report
-from models.preprocess import calibrated_probability
+from models.core.dataset import list_samples
+from models.core.metrics import binary_report
+from models.core.preprocess import calibrated_probability
 from training.calibrate import calibrate
 from training.features import FeatureCache, cache_key, feature_cache_dir, sample_key
 from training.frozen import augment_config, cached_logits, detector_config, with_all_blocks
@@ -80,7 +80,7 @@ def final_embedding_probe(cache: FeatureCache, det, samples_by_split) -> dict:
     last block's CLS token, exactly the model's image embedding)."""
     from sklearn.linear_model import LogisticRegression
 
-    from models.network import build_network
+    from models.core.network import build_network
 
     vit = build_network(det).taps.vit
     last = det.blocks.index(len(vit.blocks) - 1)
@@ -97,7 +97,7 @@ def final_embedding_probe(cache: FeatureCache, det, samples_by_split) -> dict:
     best = None
     for c in (0.1, 1.0, 10.0):  # chosen on val AUC, never on test
         clf = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(xs["train"], ys["train"])
-        from models.metrics import roc_auc
+        from models.core.metrics import roc_auc
 
         auc = roc_auc(ys["val"], clf.decision_function(xs["val"]))
         if best is None or auc > best[0]:
@@ -131,7 +131,7 @@ def main() -> None:
         cfg = dataclasses.replace(base, out=str(out / name.replace(" ", "_").replace(",", "")), **change)
         start = time.perf_counter()
         result = train(cfg)
-        from models.checkpoint import load_model_dir
+        from models.core.checkpoint import load_model_dir
 
         model, saved = load_model_dir(result.best_dir)
         logits = {k: cached_logits(model, cache, by_split[k], "cpu")[:2] for k in ("val", "test")}

@@ -4,7 +4,7 @@
     .venv/bin/python bench/runtimes.py --models vit_tiny_patch16_224 --batches 1,8 --repeats 3 --seconds 0.5
     .venv/bin/python bench/runtimes.py --device cuda --models vit_small_patch16_224   # GPU backends
 
-Random-weight timm models at 224 px are exported with models.export (so the runtimes are
+Random-weight timm models at 224 px are exported with models.runtime.export (so the runtimes are
 the shipped ones), then every backend runs the same inputs. Backends are interleaved within
 each repeat (order rotated per repeat) and the table reports medians, so background load on
 a shared machine hits every backend alike. `max|dprob|` is the largest probability difference
@@ -28,11 +28,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models.checkpoint import save_model_dir  # noqa: E402
-from models.config import DetectorConfig, PreprocessConfig  # noqa: E402
-from models.export import ExportOptions, export_model  # noqa: E402
-from models.network import build_network  # noqa: E402
-from models.runtime import BACKENDS  # noqa: E402
+from models.core.checkpoint import save_model_dir  # noqa: E402
+from models.core.config import DetectorConfig, PreprocessConfig  # noqa: E402
+from models.core.network import build_network  # noqa: E402
+from models.runtime.detector import BACKENDS  # noqa: E402
+from models.runtime.export import ExportOptions, export_model  # noqa: E402
 
 CPU_BACKENDS = ("eager", "eager-bf16", "torchscript", "onnx", "onnx-int8", "openvino-fp32", "openvino")
 CUDA_BACKENDS = ("eager", "eager-fp16", "eager-bf16", "torchscript", "onnx", "onnx-fp16")

@@ -22,10 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.config import DetectorConfig, PreprocessConfig
-from models.network import build_backbone
-from models.preprocess import eval_pixels
-from models.runtime import Detector, ModuleBackend
+from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.network import build_backbone
+from models.core.preprocess import eval_pixels
+from models.runtime.backends import ModuleBackend
+from models.runtime.detector import Detector
 
 
 def natural_picture(width: int, height: int, seed: int) -> Image.Image:

@@ -46,12 +46,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if __name__ != "__mp_main__":
     import torch
 
-    from models.checkpoint import save_model_dir
-    from models.config import DetectorConfig, PreprocessConfig
-    from models.network import build_network
-    from models.prepare import Limits
-    from models.preprocess import DEFAULT_MAX_PIXELS, decode_image, eval_views
-    from models.runtime import load_detector
+    from models.core.checkpoint import save_model_dir
+    from models.core.config import DetectorConfig, PreprocessConfig
+    from models.core.network import build_network
+    from models.core.preprocess import DEFAULT_MAX_PIXELS, decode_image, eval_views
+    from models.runtime.loader import load_detector
+    from models.runtime.prepare import Limits
     from service.inputs import discover_inputs
     from service.score import ScoreOptions, default_workers, read_and_prepare, score_files
 
@@ -80,7 +80,7 @@ def build_model(work: Path, export: bool, arch: str = "vit_tiny_patch16_224") ->
     if not export:
         return work / "model"
     try:
-        from models.export import ExportOptions, export_model
+        from models.runtime.export import ExportOptions, export_model
     except ImportError:
         return work / "model"
     export_model(work / "model", work / "export", ExportOptions(version="bench"), log=lambda line: None)

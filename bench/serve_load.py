@@ -92,9 +92,9 @@ class Tally:
 def save_model(folder: Path, arch: str = "vit_tiny_patch16_224") -> None:
     import torch
 
-    from models.checkpoint import save_model_dir
-    from models.config import DetectorConfig, PreprocessConfig
-    from models.network import build_network
+    from models.core.checkpoint import save_model_dir
+    from models.core.config import DetectorConfig, PreprocessConfig
+    from models.core.network import build_network
 
     torch.manual_seed(0)
     cfg = DetectorConfig(arch=arch, preprocess=PreprocessConfig(img_size=224), version="bench")
@@ -105,8 +105,8 @@ class ModelOnly:
     """Images/s of the eager detector itself (crop + normalise + model on decoded images)."""
 
     def __init__(self, folder: Path, images: list[bytes], device: str = "cpu", batch: int = 32):
-        from models.preprocess import decode_image
-        from models.runtime import load_detector
+        from models.core.preprocess import decode_image
+        from models.runtime.loader import load_detector
 
         self.det = load_detector(folder, "eager", device)
         self.decoded = [decode_image(b)[0] for b in images]
@@ -337,8 +337,8 @@ def report(results, peak, model_rates, names, conc) -> None:
 
 def decode_ms(images: list[bytes], folder: Path) -> float:
     """Median ms the front spends per upload before the model call: decode + crop to uint8 views."""
-    from models.config import DetectorConfig
-    from models.prepare import prepare
+    from models.core.config import DetectorConfig
+    from models.runtime.prepare import prepare
 
     cfg = DetectorConfig.load(folder / "detector.json")
     times = []

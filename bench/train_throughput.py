@@ -43,8 +43,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.config import DetectorConfig, PreprocessConfig  # noqa: E402
-from models.network import build_network  # noqa: E402
+from models.core.config import DetectorConfig, PreprocessConfig  # noqa: E402
+from models.core.network import build_network  # noqa: E402
 
 VARIANTS = ("eager-fp32", "eager-bf16", "compile-fp32", "compile-bf16")
 

@@ -38,9 +38,9 @@ FILES = 30
 def tiny_model(folder: Path) -> Path:
     import torch
 
-    from models.checkpoint import save_model_dir
-    from models.config import DetectorConfig, PreprocessConfig
-    from models.network import build_network
+    from models.core.checkpoint import save_model_dir
+    from models.core.config import DetectorConfig, PreprocessConfig
+    from models.core.network import build_network
 
     torch.manual_seed(0)
     cfg = DetectorConfig(arch="vit_tiny_patch16_224", model_kwargs=dict(depth=2, embed_dim=32, num_heads=2,

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.checkpoint import load_model_dir
-from models.metrics import ece, roc_auc
-from models.preprocess import calibrated_probability
+from models.core.checkpoint import load_model_dir
+from models.core.metrics import ece, roc_auc
+from models.core.preprocess import calibrated_probability
 from training.feature_bank import FeatureBank, frozen_recipe, head_logits
 from training.scale_rule import combine
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("model", help="a trained frozen-head run or model folder")
     ap.add_argument("--data-root", default=str(SHARED))
     args = ap.parse_args(argv)
-    from models.dataset import list_samples
+    from models.core.dataset import list_samples
 
     model, det = load_model_dir(args.model)
     head = model.head

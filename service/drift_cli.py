@@ -50,7 +50,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.drift import LEVEL_ORDER, compare, read_stream, subtract
+    from models.core.drift import LEVEL_ORDER, compare, read_stream, subtract
 
     if len(args.streams) > 2:
         raise ValueError(f"give one or two streams ([REFERENCE] CURRENT), not {len(args.streams)}")
@@ -78,14 +78,14 @@ def run(args: argparse.Namespace) -> int:
 def model_reference(model: str, fake_share: float | None):
     """The Stream of a model's stored reference, read from its detector.json only (no weights
     loaded, nothing exported or downloaded, even for the default detector)."""
-    from models import default_model
-    from models.drift import REFERENCE_KEY, reference_stream
+    from models.core import default_model
+    from models.core.drift import REFERENCE_KEY, reference_stream
 
     if default_model.is_default(model):
         cfg = default_model.default_config()
         where = "the default detector"
     else:
-        from models.runtime import locate
+        from models.runtime.detector import locate
 
         folder, cfg = locate(model)
         where = str(folder)

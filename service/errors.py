@@ -2,7 +2,7 @@
 
 Every error the service answers with is one of these, rendered by `error_response` as
 `{"error": {"code": 415, "kind": "not_image", "message": "..."}}`; the message says what
-to change. `from_image_error` maps `models.preprocess.ImageError` kinds to statuses.
+to change. `from_image_error` maps `models.core.preprocess.ImageError` kinds to statuses.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from http import HTTPStatus
 
 from bentoml.exceptions import BentoMLException
 
-from models.preprocess import ImageError
-from models.video import VideoError
+from models.core.preprocess import ImageError
+from models.evidence.video import VideoError
 
 
 class ServiceError(BentoMLException):
@@ -128,7 +128,7 @@ def error_response(err: ServiceError):
     return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=err.headers())
 
 
-# VideoError.kind -> the error class answered for it (models/video.py).
+# VideoError.kind -> the error class answered for it (models/evidence/video.py).
 VIDEO_ERRORS: dict[str, type[ServiceError]] = {
     "empty": BadRequest,
     "unsupported": UnsupportedMediaType,

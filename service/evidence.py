@@ -6,7 +6,7 @@ decodes and cuts views (run in a worker thread by the service), the model call (
 batched `score` in the service, `Detector.probabilities_from_views` locally), then an
 `answer_*` that turns probabilities into the JSON answer. The logic itself lives in
 models/ (faces, explain, video, provenance); the final label always comes from
-`models.verdict.decide`.
+`models.core.verdict.decide`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.config import DetectorConfig
-from models.explain import Heat, cell_size, occluded_views, overlay, relevance_map
-from models.faces import FacePlan, plan_faces, summarize
-from models.prepare import Limits
-from models.preprocess import ImageFacts, eval_views
-from models.provenance import read_provenance
-from models.verdict import decide
-from models.video import (
+from models.core.config import DetectorConfig
+from models.core.preprocess import ImageFacts, eval_views
+from models.core.verdict import decide
+from models.evidence.explain import Heat, cell_size, occluded_views, overlay, relevance_map
+from models.evidence.faces import FacePlan, plan_faces, summarize
+from models.evidence.provenance import read_provenance
+from models.evidence.video import (
     Frame,
     Sampling,
     VideoError,
@@ -35,6 +34,7 @@ from models.video import (
     sample_frames,
     summarize_video,
 )
+from models.runtime.prepare import Limits
 from service.errors import BadRequest, from_video_error
 from service.verdict import decode_upload, verdict
 
@@ -88,7 +88,7 @@ def png_base64(img: Image.Image) -> str:
 def answer_explain(item: ExplainItem, base_logits, occluded_logits, cfg: DetectorConfig, model: dict,
                    with_overlay: bool = True) -> tuple[dict, Heat]:
     """The /explain answer: the verdict of the unoccluded views, the relevance grid, the overlay PNG."""
-    from models.preprocess import calibrated_probability
+    from models.core.preprocess import calibrated_probability
 
     heat = relevance_map(item.rgb, cfg.preprocess, base_logits, occluded_logits, item.grid)
     probability = float(calibrated_probability(np.array([heat.base_logit]), cfg.temperature)[0])
@@ -126,6 +126,6 @@ def answer_video(item: VideoItem, probabilities, cfg: DetectorConfig, model: dic
     except VideoError as e:
         raise from_video_error(e) from None
     out["label"], out["reason"] = decide(out["score"], cfg, item.provenance)
-    from models.verdict import describe
+    from models.core.verdict import describe
 
     return {**out, **describe(cfg), "model": model, "provenance": item.provenance}

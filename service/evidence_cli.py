@@ -62,8 +62,8 @@ def _local(detector) -> dict:
 
 def inspect_file(path: str, detector, faces: bool = False, sampling=None, aggregate: str = "mean") -> dict:
     """The /detect (or /detect_video) answer for one local file."""
-    from models.prepare import Limits
-    from models.video import Sampling, VideoLimits, is_video_path
+    from models.evidence.video import Sampling, VideoLimits, is_video_path
+    from models.runtime.prepare import Limits
     from service import evidence
     from service.verdict import prepare_upload, verdict
 
@@ -87,8 +87,8 @@ def explain_file(path: str, detector, grid: int) -> tuple[dict, object]:
     import numpy as np
     import torch
 
-    from models.explain import overlay
-    from models.prepare import Limits
+    from models.evidence.explain import overlay
+    from models.runtime.prepare import Limits
     from service import evidence
 
     cfg = detector.config
@@ -101,7 +101,7 @@ def explain_file(path: str, detector, grid: int) -> tuple[dict, object]:
 
 
 def _detector(args):
-    from models.runtime import load_detector
+    from models.runtime.loader import load_detector
 
     return load_detector(args.model or _model_default(), args.backend, args.device)
 
@@ -117,7 +117,7 @@ def _user_errors(fn):
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from models.video import Sampling
+    from models.evidence.video import Sampling
 
     if not Path(args.file).is_file():
         raise FileNotFoundError(f"{args.file} does not exist")

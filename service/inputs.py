@@ -22,8 +22,8 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 
-# Videos are scored frame by frame (models/video.py); folders are searched for them too.
-from models.video import VIDEO_EXTENSIONS
+# Videos are scored frame by frame (models/evidence/video.py); folders are searched for them too.
+from models.evidence.video import VIDEO_EXTENSIONS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".txt")

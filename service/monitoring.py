@@ -1,7 +1,7 @@
 """What the service exports for drift monitoring, beside BentoML's own HTTP metrics at /metrics.
 
 - `fakelens_score` (histogram): the calibrated score of every image answered by /detect and
-  /detect_batch, in the fixed buckets of models/drift.py, so a scrape compares directly with a
+  /detect_batch, in the fixed buckets of models/core/drift.py, so a scrape compares directly with a
   `fakelens score` file or the reference stored in the model (`fakelens drift`, docs/drift.md).
 - `fakelens_verdicts_total` (counter): the verdicts answered (`real`, `uncertain`, `synthetic`).
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import bentoml
 
-from models.drift import HISTOGRAM, METRIC_LABELS, SCORE_BUCKETS, VERDICTS
+from models.core.drift import HISTOGRAM, METRIC_LABELS, SCORE_BUCKETS, VERDICTS
 
 SCORES = bentoml.metrics.Histogram(
     name=HISTOGRAM,

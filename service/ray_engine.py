@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.prepare import Limits
+from models.runtime.prepare import Limits
 from service.score import (
     Evidence,
     ScoreOptions,
@@ -44,7 +44,7 @@ class ScoreActor:
 
     def __init__(self, model: str, backend: str, device: str, max_pixels: int, evidence: Evidence = Evidence(),
                  aggregate: str = "mean"):
-        from models.runtime import load_detector
+        from models.runtime.loader import load_detector
 
         self.detector = load_detector(model, backend, device)
         self.limits = Limits(max_pixels=max_pixels)
@@ -122,7 +122,7 @@ def score_files_ray(
     out = Path(out)
     output_format(out)
     if out.exists() and not state_dir(out).exists() and not opts.overwrite:
-        from models.runtime import locate
+        from models.runtime.detector import locate
 
         cfg = locate(opts.model)[1]
         done = already_complete(out, job_header(cfg, inputs, out, opts.only_synthetic), inputs, opts)

@@ -2,7 +2,7 @@
 
     fakelens score photos/ more.csv -o scores.jsonl --model /tmp/export --batch-size 32 --workers 4
 
-Worker threads read each input and run `models.prepare.prepare` on it (the same
+Worker threads read each input and run `models.runtime.prepare.prepare` on it (the same
 decode-and-cut as the HTTP service; plain images come back as uint8 pixel views) while
 the main thread runs the model on the previous batch. `--decode processes` (the `auto`
 choice from 8 cores up) decodes in forkserver worker processes: decode threads hold the GIL
@@ -31,14 +31,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.config import DetectorConfig
-from models.faces import FacePlan, plan_faces, summarize
-from models.jpeg_decode import prepare_raw, undecodable
-from models.prepare import Limits, decode, prepare
-from models.preprocess import DEFAULT_MAX_PIXELS, ImageError, eval_views
-from models.provenance import read_provenance
-from models.verdict import decide
-from models.video import (
+from models.core.config import DetectorConfig
+from models.core.preprocess import DEFAULT_MAX_PIXELS, ImageError, eval_views
+from models.core.verdict import decide
+from models.evidence.faces import FacePlan, plan_faces, summarize
+from models.evidence.provenance import read_provenance
+from models.evidence.video import (
     AGGREGATES,
     Sampling,
     VideoError,
@@ -48,6 +46,8 @@ from models.video import (
     sample_frames,
     summarize_video,
 )
+from models.runtime.jpeg_decode import prepare_raw, undecodable
+from models.runtime.prepare import Limits, decode, prepare
 from service.inputs import fingerprint, is_url, read_bytes
 from service.writers import (
     JobHeader,
@@ -61,7 +61,7 @@ from service.writers import (
 
 DECODE_MODES = ("auto", "processes", "threads")
 # Where JPEGs are decoded: by the decode workers (Pillow) or on the model's device from their
-# bytes (models/jpeg_decode.py: nvJPEG on CUDA); auto = the device when the model is on CUDA.
+# bytes (models/runtime/jpeg_decode.py: nvJPEG on CUDA); auto = the device when the model is on CUDA.
 DECODE_PLACES = ("auto", "workers", "device")
 # `auto` decodes in processes from this many cores up. On 2 cores with uint8 views decoding
 # is 5-10% of the work and processes showed no stable gain over threads (runs alternated,
@@ -97,11 +97,11 @@ class ScoreOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     overwrite: bool = False
     progress: bool = True
-    faces: bool = False  # score face crops, max over faces (models/faces.py)
-    sampling: Sampling = Sampling()  # video files: which frames (models/video.py)
+    faces: bool = False  # score face crops, max over faces (models/evidence/faces.py)
+    sampling: Sampling = Sampling()  # video files: which frames (models/evidence/video.py)
     video_limits: VideoLimits = VideoLimits()
     aggregate: str = "mean"  # video verdict on the mean or max frame score
-    heatmaps: str | None = None  # folder for one occlusion-heatmap PNG per image (models/explain.py)
+    heatmaps: str | None = None  # folder for one occlusion-heatmap PNG per image (models/evidence/explain.py)
     heat_grid: int = 7
 
     def __post_init__(self) -> None:
@@ -183,7 +183,7 @@ class Evidence:
 
 
 def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits, evidence: Evidence = Evidence()) -> Prepared:
-    """Read one input and run models.prepare on it; a bad input becomes a row error, not an exception."""
+    """Read one input and run models.runtime.prepare on it; a bad input becomes a row error, not an exception."""
     if not is_url(path) and os.path.isdir(path):  # service/inputs.py lists a folder only for a symlink loop
         return Prepared(path, None, error=f"symlink_loop: this folder links back to {os.path.realpath(path)}, "
                         "which is already being scored; its files are scored once, under their first path")
@@ -196,7 +196,7 @@ def read_and_prepare(path: str, cfg: DetectorConfig, limits: Limits, evidence: E
     try:
         return _prepare_image_or_video(path, data, cfg, limits, evidence)
     except Exception as e:  # noqa: BLE001 (one file's decoder failure must not end the job)
-        # models.preprocess maps known decoder errors to ImageError; anything else a hostile file
+        # models.core.preprocess maps known decoder errors to ImageError; anything else a hostile file
         # provokes in a decoder still gets its own row, and the job goes on.
         return Prepared(path, None, error=f"truncated: the file could not be decoded ({type(e).__name__}: {e}); "
                         "re-export or re-upload it")
@@ -303,7 +303,7 @@ def add_heatmaps(detector, items: Sequence[Prepared], rows: list[dict[str, Any]]
     """Write an occlusion-heatmap overlay per scored image and put its grid into the row's detail."""
     import hashlib
 
-    from models.explain import explain, overlay
+    from models.evidence.explain import explain, overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     for it, row in zip(items, rows, strict=True):
@@ -456,14 +456,14 @@ def score_files(inputs: Sequence[str], out: str | Path, opts: ScoreOptions, dete
 
     `detector` (already loaded from opts.model) lets a caller such as the benchmark reuse one.
     """
-    from models.runtime import load_detector
+    from models.runtime.loader import load_detector
 
     start = time.perf_counter()
     out = Path(out)
     output_format(out)  # refuse a bad extension before loading a model
     detector = detector or load_detector(opts.model, opts.backend, opts.device)
     if opts.heatmaps is not None:
-        from models.explain import cell_size
+        from models.evidence.explain import cell_size
 
         cell_size(detector.config.preprocess, opts.heat_grid)  # a bad --heat-grid fails before any work
     header = job_header(detector.config, inputs, out, opts.only_synthetic)

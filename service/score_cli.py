@@ -76,8 +76,8 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from models.commands import EXIT_DISK_FULL
-    from models.preprocess import DEFAULT_MAX_PIXELS
-    from models.video import Sampling, VideoLimits
+    from models.core.preprocess import DEFAULT_MAX_PIXELS
+    from models.evidence.video import Sampling, VideoLimits
     from service.inputs import discover_inputs
     from service.score import OutputError, ScoreOptions
 

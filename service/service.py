@@ -6,13 +6,13 @@ Two BentoML services in one bento:
   /detect answers with the file's provenance and, with `faces=true`, per-face scores;
   /explain adds an occlusion heatmap, /detect_video scores sampled frames (service/evidence.py).
 - `DetectorModel` (internal, GPU when present): loads the model once through
-  `models.runtime.load_detector`, warms it up, and exposes one adaptive-batching method,
+  `models.runtime.loader.load_detector`, warms it up, and exposes one adaptive-batching method,
   `score(views: list[array]) -> list[probability]`. BentoML merges concurrent calls into
   one model call; the batch sizes run land in the `fakelens_model_batch_size` histogram.
   Views cross the process hop as uint8 pixels (0.15 MB per 224 view, not 0.6 MB as
-  float32) and are normalised in the model process, on its device (models/preprocess.py).
+  float32) and are normalised in the model process, on its device (models/core/preprocess.py).
   With FAKELENS_DECODE=model (the default when the model is on CUDA) a JPEG crosses as its
-  file bytes instead and `score_jpeg` decodes the batch there (nvJPEG; models/jpeg_decode.py).
+  file bytes instead and `score_jpeg` decodes the batch there (nvJPEG; models/runtime/jpeg_decode.py).
 - The upload is parsed once, by the guard (service/upload.py); BentoML sees one empty
   placeholder per file field and the endpoints read the guard's files (`uploads`).
 
@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from pydantic import Field, Strict
 
-from models.config import DetectorConfig
-from models.explain import MAX_GRID
-from models.jpeg_decode import undecodable
-from models.provenance import env_trust_anchors
-from models.runtime import Detector as LoadedDetector
-from models.runtime import load_detector
-from models.video import AGGREGATES, Sampling, VideoLimits
+from models.core.config import DetectorConfig
+from models.evidence.explain import MAX_GRID
+from models.evidence.provenance import env_trust_anchors
+from models.evidence.video import AGGREGATES, Sampling, VideoLimits
+from models.runtime.detector import Detector as LoadedDetector
+from models.runtime.jpeg_decode import undecodable
+from models.runtime.loader import load_detector
 from service import evidence, monitoring
 from service.batching import install as install_batching
 from service.errors import Overloaded, ServiceError, error_response, from_image_error

@@ -23,7 +23,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from models.preprocess import DEFAULT_MAX_PIXELS
+from models.core.preprocess import DEFAULT_MAX_PIXELS
 
 ENV_PREFIX = "FAKELENS_"
 MB = 1024 * 1024
@@ -42,7 +42,7 @@ class ServeSettings:
     timeout_s: int = 60
     workers: int = 1  # front (decode/preprocess) workers; the model runs in one process
     # Where JPEGs are decoded: "front" (Pillow, in the front workers), "model" (raw bytes to the
-    # model process, decoded there by torchvision: nvJPEG on a GPU; models/jpeg_decode.py), or
+    # model process, decoded there by torchvision: nvJPEG on a GPU; models/runtime/jpeg_decode.py), or
     # "auto": "model" when the model runs on CUDA, else "front".
     decode: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -53,7 +53,7 @@ class ServeSettings:
     body_timeout_s: int = 30  # the whole body must arrive within this, else 408
     header_timeout_s: int = 10  # the request headers must arrive within this, else 408 (service/http_limits.py)
     api_keys: tuple[str, ...] = ()
-    # /detect_video (models/video.py): upload bytes, clip duration, sampled frames per request.
+    # /detect_video (models/evidence/video.py): upload bytes, clip duration, sampled frames per request.
     # A video also has to fit max_inflight_bytes (the worker's upload budget), else it gets a 503.
     max_video_bytes: int = 200 * MB
     max_video_seconds: int = 600

@@ -1,15 +1,15 @@
 """Turn one image's decode facts and calibrated probability into the JSON the API answers.
 
-Also holds `prepare_upload`: models.prepare.prepare (the one decode-and-cut path, shared
+Also holds `prepare_upload`: models.runtime.prepare.prepare (the one decode-and-cut path, shared
 with `fakelens score`) with bad input mapped to the HTTP error for it.
 """
 
 from __future__ import annotations
 
-from models.config import DetectorConfig
-from models.prepare import Limits, Prepared, decode, prepare
-from models.preprocess import ImageError, ImageFacts
-from models.verdict import decide, describe
+from models.core.config import DetectorConfig
+from models.core.preprocess import ImageError, ImageFacts
+from models.core.verdict import decide, describe
+from models.runtime.prepare import Limits, Prepared, decode, prepare
 from service.errors import ServiceError, from_image_error
 
 
@@ -25,17 +25,17 @@ def _service_errors(fn, *args):
 
 
 def prepare_upload(data: bytes, cfg: DetectorConfig, limits: Limits, raw_jpeg: bool = False) -> Prepared:
-    """models.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it;
-    raw_jpeg: a JPEG the model process can decode keeps its bytes instead (models/jpeg_decode.py)."""
+    """models.runtime.prepare.prepare with bad input turned into the ServiceError (HTTP status) for it;
+    raw_jpeg: a JPEG the model process can decode keeps its bytes instead (models/runtime/jpeg_decode.py)."""
     if raw_jpeg:
-        from models.jpeg_decode import prepare_raw
+        from models.runtime.jpeg_decode import prepare_raw
 
         return _service_errors(prepare_raw, data, cfg, limits)
     return _service_errors(prepare, data, cfg, limits)
 
 
 def decode_upload(data: bytes, limits: Limits):
-    """models.prepare.decode (size check + decode -> RGB image, facts) with ServiceErrors."""
+    """models.runtime.prepare.decode (size check + decode -> RGB image, facts) with ServiceErrors."""
     return _service_errors(decode, data, limits)
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from models.atomic import atomic_write, atomic_write_text
+from models.core.atomic import atomic_write, atomic_write_text
 
 COLUMNS = ("path", "score", "label", "threshold", "model", "model_version", "width", "height", "error",
            "reason", "provenance", "detail")

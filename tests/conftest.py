@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import save_model_dir
-from models.config import DetectorConfig, PreprocessConfig
-from models.network import build_network
+from models.core.checkpoint import save_model_dir
+from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.network import build_network
 
 # Two cores: keep each test process from oversubscribing them.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from models.config import DetectorConfig
-from models.export import ExportOptions, export_model
+from models.core.config import DetectorConfig
+from models.runtime.export import ExportOptions, export_model
 
 
 def export_tiny(checkpoint: Path, out: Path, **options) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.metrics import ece, roc_auc
+from models.core.metrics import ece, roc_auc
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "quality.md"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.config import DetectorConfig
-from models.preprocess import calibrated_probability
+from models.core.config import DetectorConfig
+from models.core.preprocess import calibrated_probability
 from training.calibrate import calibrate, is_calibrated, nll, threshold_at_fpr
 
 

@@ -16,9 +16,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from models import clip_weights as cw
-from models.backbones import WEIGHTS, verified_weights
-from models.metadata import file_sha256
+from models.core import clip_weights as cw
+from models.core.atomic import file_sha256
+from models.core.backbones import WEIGHTS, verified_weights
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_a_file_with_another_sha256_is_refused(weights_path, tmp_path, monkeypat
 def test_default_detector_gives_a_verdict_on_a_real_photo(weights_path):
     from skimage import data
 
-    from models.runtime import load_detector
-    from models.verdict import label_for
+    from models.core.verdict import label_for
+    from models.runtime.loader import load_detector
 
     det = load_detector("default", backend="eager", device="cpu")
     assert det.config.backbone_weights == "clip-vit-b16-openai" and det.config.uncertain_band is not None

@@ -19,8 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import load_model_dir
-from models.config import DetectorConfig
+from models.core.checkpoint import load_model_dir
+from models.core.config import DetectorConfig
 from tests.conftest import TINY_VIT
 from training.loader import RankBatches, epoch_batches, per_rank_batch
 from training.train import train

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from models.commands import main
-from models.dataset import list_samples
-from models.metrics import roc_auc
+from models.core.dataset import list_samples
+from models.core.metrics import roc_auc
 from training.demo_data import SIZE_RANGE, write_demo_dataset
 
 

@@ -1,4 +1,4 @@
-"""Score drift (models/drift.py, `fakelens drift`): statistics, readers, exit codes, and the
+"""Score drift (models/core/drift.py, `fakelens drift`): statistics, readers, exit codes, and the
 reference stored at calibration. Streams are simulated from a fixed detector's score model
 (fast, exact), then written in the scorer's real output formats; one test trains and scores
 with a tiny random-weight model end to end."""
@@ -13,8 +13,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from models.commands import main
-from models.config import DetectorConfig
-from models.drift import (
+from models.core.config import DetectorConfig
+from models.core.drift import (
     N_BINS,
     REFERENCE_KEY,
     SCORE_BUCKETS,
@@ -27,8 +27,8 @@ from models.drift import (
     reference_stream,
     stream_from_scores,
 )
-from models.preprocess import calibrated_probability
-from models.verdict import LABELS, labels_for
+from models.core.preprocess import calibrated_probability
+from models.core.verdict import LABELS, labels_for
 from service.writers import COLUMNS, write_table
 from training.calibrate import calibrate
 
@@ -173,7 +173,7 @@ def test_calibration_stores_the_val_reference(cfg):
 @pytest.mark.slow
 def test_trained_model_ships_its_reference_and_drift_reads_it(demo, tmp_path, capsys):
     """Train a tiny model, score its own val split with `fakelens score`, compare with `fakelens drift`."""
-    from models.dataset import list_samples
+    from models.core.dataset import list_samples
     from tests.test_train import tiny
     from training.train import train
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.checkpoint import CONFIG
 from models.commands import main
-from models.config import DetectorConfig
-from models.dataset import Sample, list_samples
-from models.preprocess import decode_image
-from models.runtime import load_detector
+from models.core.checkpoint import CONFIG
+from models.core.config import DetectorConfig
+from models.core.dataset import Sample, list_samples
+from models.core.preprocess import decode_image
+from models.runtime.loader import load_detector
 from tests.conftest import write_images
 from training.evaluate import collect_logits
 from training.robustness import PERTURBATIONS

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from models import commands
-from models.runtime import load_detector
-from models.video import Sampling, VideoLimits, sample_frames
+from models.evidence.video import Sampling, VideoLimits, sample_frames
+from models.runtime.loader import load_detector
 from service.inputs import discover_inputs
 from service.score import ScoreOptions, score_files
 from service.writers import read_rows

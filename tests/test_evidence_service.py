@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.runtime import load_detector
-from models.video import Sampling, VideoLimits, sample_frames
+from models.evidence.video import Sampling, VideoLimits, sample_frames
+from models.runtime.loader import load_detector
 from tests.media_helpers import astronaut, c2pa_signed_jpeg, encode_video, jpeg_bytes, png_with_text, tampered
 from tests.serve_helpers import serving
 

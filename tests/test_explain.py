@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoint import save_model_dir
-from models.config import PreprocessConfig
-from models.explain import Heat, explain, occluded_views, overlay, relevance_map, view_offsets
-from models.network import build_network
-from models.preprocess import eval_views
-from models.runtime import load_detector
+from models.core.checkpoint import save_model_dir
+from models.core.config import PreprocessConfig
+from models.core.network import build_network
+from models.core.preprocess import eval_views
+from models.evidence.explain import Heat, explain, occluded_views, overlay, relevance_map, view_offsets
+from models.runtime.loader import load_detector
 from tests.conftest import tiny_config
 
 CUE = (slice(8, 16), slice(8, 16))  # rows, cols of the planted cue: cell (1, 1) of a 4 x 4 grid on 32 px

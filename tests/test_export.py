@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-import models.export as export_mod
+import models.runtime.export as export_mod
 from models.commands import main
-from models.export import ExportOptions, export_model
-from models.parity import ParityError
-from models.preprocess import decode_image
-from models.runtime import load_detector
+from models.core.preprocess import decode_image
+from models.runtime.export import ExportOptions, export_model
+from models.runtime.loader import load_detector
+from models.runtime.parity import ParityError
 from tests.export_helpers import export_tiny, image_files
 
 
@@ -119,8 +119,8 @@ def test_auc_change_is_measured_on_validation_images(tiny_checkpoint, image_fold
 
 
 def test_every_backend_is_validated_and_a_drifting_one_is_not_offered(tiny_checkpoint, image_folder, tmp_path):
-    from models.metadata import read_metadata, write_metadata
-    from models.runtime import default_backend
+    from models.runtime.detector import default_backend
+    from models.runtime.metadata import read_metadata, write_metadata
 
     paths = image_files(image_folder)
     val = [(str(p), i % 2) for i, p in enumerate(paths)]

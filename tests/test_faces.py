@@ -8,7 +8,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from models.faces import Face, FacePlan, crop_face, find_faces, plan_faces, summarize
+from models.evidence.faces import Face, FacePlan, crop_face, find_faces, plan_faces, summarize
 from tests.conftest import tiny_config
 from tests.media_helpers import astronaut
 

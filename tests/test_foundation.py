@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.config import DetectorConfig, PreprocessConfig
-from models.preprocess import ImageError, decode_image, eval_views
-from models.runtime import load_detector
+from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.preprocess import ImageError, decode_image, eval_views
+from models.runtime.loader import load_detector
 from tests.conftest import tiny_config
 
 
@@ -95,7 +95,7 @@ def test_unknown_backend_lists_choices(tiny_checkpoint):
 def test_pixel_views_normalise_bit_identically_to_training(side):
     """The service/scorer send uint8 pixels and normalise next to the model: same numbers as training's
     per-view `normalize` (no train/serve skew), and 4x fewer bytes than float32 views."""
-    from models.preprocess import crop_or_pad, eval_pixels, normalize, tile_origins
+    from models.core.preprocess import crop_or_pad, eval_pixels, normalize, tile_origins
 
     pre = PreprocessConfig(img_size=8, views="tiles", max_tiles=4)
     arr = np.random.default_rng(1).integers(0, 256, (side, side + 7, 3), dtype=np.uint8)
@@ -107,7 +107,7 @@ def test_pixel_views_normalise_bit_identically_to_training(side):
 
 
 def test_detector_scores_pixel_and_float_views_alike(tiny_checkpoint):
-    from models.preprocess import eval_pixels
+    from models.core.preprocess import eval_pixels
 
     det = load_detector(tiny_checkpoint, "eager", "cpu")
     pre = det.config.preprocess

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoint import WEIGHTS, load_model_dir
-from models.config import DetectorConfig
-from models.dataset import Sample, list_samples
-from models.network import BlockTaps, build_network
-from models.preprocess import decode_image
-from models.runtime import load_detector
+from models.core.checkpoint import WEIGHTS, load_model_dir
+from models.core.config import DetectorConfig
+from models.core.dataset import Sample, list_samples
+from models.core.network import BlockTaps, build_network
+from models.core.preprocess import decode_image
+from models.runtime.loader import load_detector
 from tests.conftest import TINY_VIT, tiny_config, write_images
 from training.augment import AugmentConfig
 from training.calibrate import calibrate, weighted_threshold_at_fpr

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.prepare import Limits, prepare
-from models.preprocess import ALLOWED_FORMATS, ImageError, decode_image
+from models.core.preprocess import ALLOWED_FORMATS, ImageError, decode_image
+from models.runtime.prepare import Limits, prepare
 from service.inputs import discover_inputs
 from service.score import ScoreOptions, job_header, score_files
 from service.writers import JobState, Progress, read_rows, state_dir
@@ -138,7 +138,7 @@ def test_a_job_interrupted_among_bad_files_resumes(hostile_folder, tiny_checkpoi
 
 
 def json_config(model: Path):
-    from models.config import DetectorConfig
+    from models.core.config import DetectorConfig
 
     return DetectorConfig.load(model / "detector.json")
 

@@ -1,4 +1,4 @@
-"""JPEG decoded next to the model (models/jpeg_decode.py): the same views and scores as the front's Pillow path."""
+"""JPEG decoded next to the model (models/runtime/jpeg_decode.py): the same views and scores as the front's Pillow path."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.jpeg_decode import device_views, prepare_raw, raw_facts
-from models.prepare import Limits, prepare
-from models.preprocess import EXIF_ORIENTATION, decode_image, eval_pixels
-from models.runtime import load_detector
+from models.core.preprocess import EXIF_ORIENTATION, decode_image, eval_pixels
+from models.runtime.jpeg_decode import device_views, prepare_raw, raw_facts
+from models.runtime.loader import load_detector
+from models.runtime.prepare import Limits, prepare
 from tests.conftest import tiny_config
 from tests.media_helpers import jpeg_bytes
 

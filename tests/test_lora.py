@@ -11,12 +11,12 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from models import backbones
-from models.checkpoint import WEIGHTS, load_model_dir, save_model_dir
-from models.lora import LoRALinear
-from models.metadata import file_sha256
-from models.network import build_network
-from models.runtime import load_detector
+from models.core import backbones
+from models.core.atomic import file_sha256
+from models.core.checkpoint import WEIGHTS, load_model_dir, save_model_dir
+from models.core.lora import LoRALinear
+from models.core.network import build_network
+from models.runtime.loader import load_detector
 from tests.conftest import TINY_VIT, tiny_config
 from training.train import train
 from training.train_config import TrainConfig
@@ -26,7 +26,7 @@ TAPS = dict(TINY_VIT, depth=3)
 
 @pytest.fixture
 def named_tiny_backbone(tmp_path, monkeypatch):
-    """A tiny random ViT registered as named offline weights, like CLIP is (models/backbones.py)."""
+    """A tiny random ViT registered as named offline weights, like CLIP is (models/core/backbones.py)."""
     torch.manual_seed(1)
     path = tmp_path / "tiny-vit.safetensors"
     save_file(timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=1, **TAPS).state_dict(), str(path))
@@ -88,7 +88,7 @@ def test_lora_trains_end_to_end_on_images_and_serves(named_tiny_backbone, demo, 
     assert moved and any(float(v.abs().max()) > 0 for v in moved)  # the backbone really adapted
     assert not (tmp_path / "cache" / "features").exists()  # images, not a frozen-feature cache
     det = load_detector(result.best_dir, backend="eager", device="cpu")
-    from models.preprocess import decode_image
+    from models.core.preprocess import decode_image
 
     paths = sorted((demo / "real").rglob("*.png"))[:3]
     probs = det.probabilities([decode_image(p)[0] for p in paths])

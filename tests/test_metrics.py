@@ -1,4 +1,4 @@
-"""models.metrics against scikit-learn on random data with ties, plus hand-computed cases."""
+"""models.core.metrics against scikit-learn on random data with ties, plus hand-computed cases."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-from models import metrics as M
+from models.core import metrics as M
 
 
 def _random_cases(count: int = 60):

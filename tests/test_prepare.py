@@ -1,4 +1,4 @@
-"""models.prepare: the one bytes -> views path of the service and the scorer, and the guard's route table."""
+"""models.runtime.prepare: the one bytes -> views path of the service and the scorer, and the guard's route table."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.prepare import Limits, prepare
-from models.preprocess import ImageError, decode_image, eval_pixels
+from models.core.preprocess import ImageError, decode_image, eval_pixels
+from models.runtime.prepare import Limits, prepare
 from tests.conftest import tiny_config
 
 

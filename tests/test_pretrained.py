@@ -7,7 +7,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from models.config import DetectorConfig, PreprocessConfig
+from models.core.config import DetectorConfig, PreprocessConfig
 from tests.conftest import tiny_config
 from training.pretrained import build_model, lite0_package_file, remap_lite0_keys
 

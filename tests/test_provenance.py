@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from models.config import DetectorConfig
-from models.provenance import TRUST_ENV, read_provenance
-from models.verdict import decide
+from models.core.config import DetectorConfig
+from models.core.verdict import decide
+from models.evidence.provenance import TRUST_ENV, read_provenance
 from tests.media_helpers import (
     c2pa_signed_jpeg,
     cert_chain,

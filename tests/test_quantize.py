@@ -1,4 +1,4 @@
-"""Static int8 (models/quantize.py): the verdict gate's arithmetic, and `auto` following its record."""
+"""Static int8 (models/runtime/quantize.py): the verdict gate's arithmetic, and `auto` following its record."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from models.backends import openvino_core
-from models.metadata import METADATA
-from models.quantize import (
-    INT8_BACKENDS,
-    INT8_FILES,
+from models.runtime.backends import openvino_core
+from models.runtime.detector import default_backend
+from models.runtime.loader import load_detector
+from models.runtime.metadata import INT8_BACKENDS, INT8_FILES, METADATA
+from models.runtime.quantize import (
     MAX_FPR_MOVE_POINTS,
     add_int8_static,
     choose,
     gate,
     is_transformer,
 )
-from models.runtime import default_backend, load_detector
 from tests.conftest import tiny_config
 from tests.export_helpers import export_tiny
 
@@ -57,7 +56,7 @@ def test_gate_refuses_a_moved_fpr_even_when_auc_is_unchanged():
 
 @pytest.fixture(scope="module")
 def quantized(tiny_checkpoint, demo, tmp_path_factory):
-    from models.dataset import list_samples
+    from models.core.dataset import list_samples
 
     exp = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("q") / "exp")
     calib = [s.path for s in list_samples(demo / "manifest.csv", split="train")][:16]
@@ -113,7 +112,7 @@ def test_auto_offers_int8_only_when_the_gate_passed_and_it_is_faster(quantized, 
 
 
 def test_export_cli_needs_data_for_int8_static(tiny_checkpoint, tmp_path):
-    from models.cli import register
+    from models.runtime.cli import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -8,23 +8,19 @@ import shutil
 import numpy as np
 import pytest
 
-from models.metadata import METADATA
-from models.parity import prob_bound
-from models.preprocess import calibrated_probability, decode_image
-from models.runtime import BACKENDS, default_backend, load_detector
+from models.core.preprocess import calibrated_probability, decode_image
+from models.runtime.detector import BACKENDS, default_backend
+from models.runtime.loader import load_detector
+from models.runtime.metadata import METADATA
+from models.runtime.parity import prob_bound
 from tests.export_helpers import copy_with_config, export_tiny, image_files
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, image_folder, tmp_path_factory):
-    from models.config import DetectorConfig
-    from models.quantize import (
-        INT8_OPENVINO_FILE,
-        INT8_STATIC_FILE,
-        _views,
-        quantize_openvino,
-        quantize_static,
-    )
+    from models.core.config import DetectorConfig
+    from models.runtime.metadata import INT8_OPENVINO_FILE, INT8_STATIC_FILE
+    from models.runtime.quantize import _views, quantize_openvino, quantize_static
 
     exp = export_tiny(tiny_checkpoint, tmp_path_factory.mktemp("exp") / "exp", int8=True, fp16=True)
     # the static int8 files without their gate record, so `auto` keeps ignoring it here (tests/test_quantize.py)
@@ -52,7 +48,7 @@ def test_backend_matches_eager(name, exported, tiny_checkpoint, images, eager_pr
     assert det.info["backend"] == name
     probs = det.probabilities(images)
     assert probs.shape == (len(images),)
-    # fp32 runtimes: 1e-4; int8/fp16/bf16: the looser bounds documented in models/parity.py
+    # fp32 runtimes: 1e-4; int8/fp16/bf16: the looser bounds documented in models/runtime/parity.py
     np.testing.assert_allclose(probs, eager_probs, rtol=0, atol=prob_bound(name))
 
 
@@ -121,7 +117,7 @@ def test_missing_variant_and_unknown_backend_are_explained(tiny_checkpoint, expo
 def test_runtime_scores_equal_fakelens_evaluate(name, exported, tiny_checkpoint, image_folder):
     """What `fakelens evaluate` scores (collect_logits on the checkpoint) is what every runtime serves."""
     evaluate = pytest.importorskip("training.evaluate")
-    from models.dataset import Sample
+    from models.core.dataset import Sample
 
     samples = [Sample(str(p), i % 2) for i, p in enumerate(image_files(image_folder))]
     reference, _, _, _ = evaluate.collect_logits(load_detector(tiny_checkpoint, backend="eager", device="cpu"),
@@ -141,7 +137,7 @@ def test_backend_spec_is_consistent(name):
     or an auto rank on a device the backend cannot use, would silently never take effect."""
     from dataclasses import fields
 
-    from models.export import DERIVED_EXPORTERS, ExportOptions
+    from models.runtime.export import DERIVED_EXPORTERS, ExportOptions
 
     spec = BACKENDS[name]
     if spec.export_option is not None:
@@ -154,7 +150,7 @@ def test_backend_spec_is_consistent(name):
 DROP_ON_ANOTHER_THREAD = """
 import gc, os, signal, sys, threading
 import numpy as np
-from models.runtime import load_detector
+from models.runtime.loader import load_detector
 holder = {"det": load_detector(sys.argv[1], backend="openvino", device="cpu")}
 holder["det"].probabilities_from_views([np.zeros((1, 32, 32, 3), np.uint8)])
 worker = threading.Thread(target=lambda: (holder.clear(), gc.collect()))  # the garbage collector's thread, say

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models.config import PreprocessConfig
-from models.dataset import Sample
-from models.explain import explain
-from models.network import build_network
-from models.preprocess import aggregate_views, eval_pixels, estimate_upscale, image_views, plan_views
-from models.runtime import Detector, ModuleBackend
+from models.core.config import PreprocessConfig
+from models.core.dataset import Sample
+from models.core.network import build_network
+from models.core.preprocess import aggregate_views, estimate_upscale, eval_pixels, image_views, plan_views
+from models.evidence.explain import explain
+from models.runtime.backends import ModuleBackend
+from models.runtime.detector import Detector
 from tests.conftest import tiny_config
 from training.scale_rule import choose_native_weight, picture_logits
 
@@ -103,7 +104,7 @@ def test_a_large_picture_is_scored_through_both_views_by_the_fitted_rule():
     img = photo(200)
     views = eval_pixels(img, cfg.preprocess)
     assert [v.kind for v in image_views(img, cfg.preprocess)] == ["resized", "native"] and len(views) == 2
-    from models.preprocess import normalize_views
+    from models.core.preprocess import normalize_views
 
     z = det.view_logits(normalize_views(torch.from_numpy(views), cfg.preprocess))
     assert det.logits([img])[0] == pytest.approx(0.25 * z[0] + 0.75 * z[1])

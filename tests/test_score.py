@@ -8,11 +8,11 @@ import fsspec
 import numpy as np
 import pytest
 
-from models.checkpoint import load_model_dir, save_model_dir
 from models.commands import main
-from models.prepare import Limits
-from models.preprocess import decode_image
-from models.runtime import load_detector
+from models.core.checkpoint import load_model_dir, save_model_dir
+from models.core.preprocess import decode_image
+from models.runtime.loader import load_detector
+from models.runtime.prepare import Limits
 from service.inputs import discover_inputs
 from service.score import ScoreOptions, job_header, read_and_prepare, score_files, score_prepared
 from service.writers import JobState, open_sink, read_rows, state_dir
@@ -245,6 +245,6 @@ def test_decode_workers_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, service.score, models.jpeg_decode; print('torch' in sys.modules)"
+    code = "import sys, service.score, models.runtime.jpeg_decode; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.preprocess import decode_image
-from models.runtime import load_detector
+from models.core.preprocess import decode_image
+from models.runtime.loader import load_detector
 from tests.serve_helpers import serving
 
 pytestmark = pytest.mark.slow
@@ -306,8 +306,8 @@ def test_http_scores_equal_fakelens_evaluate(server, tiny_checkpoint, tmp_path):
 
 def test_metrics_export_the_score_histogram_and_verdicts(http):
     """/detect and /detect_batch answers land in the drift histogram and verdict counters
-    (service/monitoring.py), per model version, readable by `fakelens drift` (models/drift.py)."""
-    from models.drift import LABELS, N_BINS, DriftInputError, bucket_counts, parse_metrics
+    (service/monitoring.py), per model version, readable by `fakelens drift` (models/core/drift.py)."""
+    from models.core.drift import LABELS, N_BINS, DriftInputError, bucket_counts, parse_metrics
 
     def counted() -> tuple[np.ndarray, dict]:
         try:

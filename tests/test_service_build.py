@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from models.preprocess import ImageError
+from models.core.preprocess import ImageError
 from service.errors import IMAGE_ERRORS
 from service.settings import ServeSettings
 
@@ -46,7 +46,7 @@ def test_bentoml_build_offline(tmp_path):
     tag = out.stdout.strip().split("__tag__:")[-1].strip()
     name, version = tag.split(":")
     src = tmp_path / "home" / "bentos" / name / version / "src"
-    assert (src / "service" / "service.py").is_file() and (src / "models" / "runtime.py").is_file()
+    assert (src / "service" / "service.py").is_file() and (src / "models" / "runtime" / "detector.py").is_file()
     assert not (src / "tests").exists()
     assert (src / "service" / "static" / "index.html").is_file()  # the page ships with the service
     reqs = (tmp_path / "home" / "bentos" / name / version / "env" / "python" / "requirements.txt").read_text()

@@ -1,5 +1,5 @@
 """FAKELENS_DECODE=model on a real `fakelens serve`: JPEG bytes cross to the model process and are decoded
-there (models/jpeg_decode.py); answers match the front-decoded path, other formats and bad files as before."""
+there (models/runtime/jpeg_decode.py); answers match the front-decoded path, other formats and bad files as before."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.preprocess import decode_image
-from models.runtime import load_detector
+from models.core.preprocess import decode_image
+from models.runtime.loader import load_detector
 from tests.media_helpers import jpeg_bytes
 from tests.serve_helpers import serving
 

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.config import DetectorConfig
-from models.preprocess import decode_image
-from models.runtime import load_detector
-from models.verdict import label_for
+from models.core.config import DetectorConfig
+from models.core.preprocess import decode_image
+from models.core.verdict import label_for
+from models.runtime.loader import load_detector
 from tests.serve_helpers import serving
 
 pytestmark = pytest.mark.slow

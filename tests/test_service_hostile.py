@@ -15,7 +15,7 @@ import time
 import httpx
 import pytest
 
-from models.preprocess import ALLOWED_FORMATS
+from models.core.preprocess import ALLOWED_FORMATS
 from tests.serve_helpers import serving
 from tests.test_hostile_media import TRUNCATED, encoded, png_header
 

@@ -23,9 +23,9 @@ PROBE = """
 import json, sys
 from pathlib import Path
 import numpy as np
-from models.preprocess import decode_image
-from models.runtime import load_detector
-from models import store
+from models.core.preprocess import decode_image
+from models.runtime.loader import load_detector
+from models.runtime import store
 from models.commands import main
 
 exp, images = Path(sys.argv[1]), [decode_image(p)[0] for p in sys.argv[2:]]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.checkpoint import load_model_dir
 from models.commands import main
-from models.config import DetectorConfig
-from models.dataset import list_samples
-from models.runtime import load_detector
+from models.core.checkpoint import load_model_dir
+from models.core.config import DetectorConfig
+from models.core.dataset import list_samples
+from models.runtime.loader import load_detector
 from tests.conftest import TINY_VIT, tiny_config
 from training.demo_data import write_demo_dataset
 from training.train import train

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from models.checkpoint import load_model_dir
-from models.network import build_network
+from models.core.checkpoint import load_model_dir
+from models.core.network import build_network
 from tests.conftest import TINY_VIT, tiny_config
 from training.model_prep import (
     enable_grad_checkpointing,

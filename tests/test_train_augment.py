@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from models.config import PreprocessConfig
+from models.core.config import PreprocessConfig
 from training.augment import AugmentConfig, train_view
 
 PRE = PreprocessConfig(img_size=16, mean=(0, 0, 0), std=(1, 1, 1))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from models.network import build_network
+from models.core.network import build_network
 from tests.conftest import tiny_config
 from training.model_prep import amp_settings
 from training.optim import EMA, WarmupCosine, build_optimizer, build_scheduler

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from models.commands import main
-from models.dataset import list_samples
+from models.core.dataset import list_samples
 from training.twins import DECODER_FILE, ENCODER_FILE, Autoencoder, pick_reals
 
 

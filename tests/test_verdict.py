@@ -2,8 +2,8 @@ import dataclasses
 
 import pytest
 
-from models.config import DetectorConfig
-from models.verdict import describe, is_flagged, label_for, labels_for
+from models.core.config import DetectorConfig
+from models.core.verdict import describe, is_flagged, label_for, labels_for
 
 
 def test_without_band_the_threshold_decides():

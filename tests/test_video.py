@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from models.video import Sampling, VideoError, VideoLimits, frame_plans, sample_frames, summarize_video
+from models.evidence.video import (
+    Sampling,
+    VideoError,
+    VideoLimits,
+    frame_plans,
+    sample_frames,
+    summarize_video,
+)
 from tests.conftest import tiny_config
 from tests.media_helpers import encode_video, jpeg_bytes
 

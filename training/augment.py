@@ -4,7 +4,7 @@ Both classes go through exactly the same random choices, so augmentation cannot 
 label shortcut. JPEG re-compression and blur teach the detector to survive what images go
 through on the web; cropping at native resolution (the default) keeps the generator's
 high-frequency fingerprint that resizing would smooth away. Evaluation uses
-`models.preprocess.eval_views` (centre crop) with the same PreprocessConfig.
+`models.core.preprocess.eval_views` (centre crop) with the same PreprocessConfig.
 
 All randomness comes from the `rng` argument, so a view is a pure function of
 (image, seed, epoch, index): the data order and augmentation replay exactly on resume,
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from models.config import PreprocessConfig
-from models.preprocess import crop_or_pad, normalize, resize_shorter, to_array
+from models.core.config import PreprocessConfig
+from models.core.preprocess import crop_or_pad, normalize, resize_shorter, to_array
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import math
 
 import numpy as np
 
-from models.config import DetectorConfig
-from models.drift import REFERENCE_KEY, reference_from_validation
-from models.metrics import binary_report
-from models.preprocess import calibrated_probability
+from models.core.config import DetectorConfig
+from models.core.drift import REFERENCE_KEY, reference_from_validation
+from models.core.metrics import binary_report
+from models.core.preprocess import calibrated_probability
 
 # Temperatures outside this range mean the logits carry almost no signal or are wildly
 # overconfident; clamping keeps a bad fit from producing inf/0 probabilities downstream.

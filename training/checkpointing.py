@@ -1,7 +1,7 @@
 """Run checkpoints: RUN/last/ and RUN/best/, each a model folder plus train_state.pt.
 
 A checkpoint is written whole into a hidden temp folder beside its final place, then
-swapped in with models.atomic.replace_dir, so a kill -9 at any moment leaves either the
+swapped in with models.core.atomic.replace_dir, so a kill -9 at any moment leaves either the
 previous checkpoint or the new one (resolve_dir finds whichever survived).
 
 train_state.pt holds what a resumed run needs to continue bit-for-bit: optimizer,
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.atomic import replace_dir, resolve_dir
-from models.checkpoint import WEIGHTS, save_model_dir
-from models.config import DetectorConfig
+from models.core.atomic import replace_dir, resolve_dir
+from models.core.checkpoint import WEIGHTS, save_model_dir
+from models.core.config import DetectorConfig
 
 TRAIN_STATE = "train_state.pt"
 

@@ -131,7 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _scales(text: str) -> tuple[str, ...]:
-    from models.config import SCALES
+    from models.core.config import SCALES
 
     names = tuple(x.strip() for x in text.split(",") if x.strip())
     if not names or not set(names) <= set(SCALES):
@@ -177,7 +177,7 @@ def run_demo_data(args: argparse.Namespace) -> int:
 
 
 def run_twins(args: argparse.Namespace) -> int:
-    from models.dataset import list_samples
+    from models.core.dataset import list_samples
     from training.twins import make_twins, pick_reals
 
     _setup_logging()

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.dataset import hash_split
+from models.core.dataset import hash_split
 
 SIZE_RANGE = (64, 160)
 MANIFEST_FIELDS = ("path", "label", "source", "generator", "split")

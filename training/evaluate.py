@@ -5,7 +5,7 @@
 REPORT/report.json holds the headline metrics, per-source/per-generator breakdowns and a
 robustness grid; REPORT/scores.csv the per-image logits and calibrated scores;
 roc.png, reliability.png and score_histogram.png sit beside them. Images go through
-models.preprocess.decode_image and Detector.logits: the serving path, so there is no
+models.core.preprocess.decode_image and Detector.logits: the serving path, so there is no
 separate evaluation preprocessing to drift from it.
 """
 
@@ -26,13 +26,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from models.atomic import atomic_write, atomic_write_text
-from models.checkpoint import CONFIG, WEIGHTS
-from models.config import DetectorConfig
-from models.dataset import SPLITS, Sample, list_samples
-from models.metrics import binary_report, group_reports
-from models.preprocess import ImageError, calibrated_probability, decode_image
-from models.runtime import Detector, load_detector
+from models.core.atomic import atomic_write, atomic_write_text
+from models.core.checkpoint import CONFIG, WEIGHTS
+from models.core.config import DetectorConfig
+from models.core.dataset import SPLITS, Sample, list_samples
+from models.core.metrics import binary_report, group_reports
+from models.core.preprocess import ImageError, calibrated_probability, decode_image
+from models.runtime.detector import Detector
+from models.runtime.loader import load_detector
 from training.calibrate import calibrate, is_calibrated
 
 Transform = Callable[[Image.Image], Image.Image]
@@ -175,8 +176,8 @@ def maybe_calibrate(detector: Detector, samples: list[Sample], cfg: EvalConfig) 
 
 
 def verdict_shares(labels: np.ndarray, probs: np.ndarray, cfg: DetectorConfig) -> dict[str, dict[str, float]]:
-    """Share of each verdict (models/verdict.py) among real and among fake images."""
-    from models.verdict import LABELS, labels_for
+    """Share of each verdict (models/core/verdict.py) among real and among fake images."""
+    from models.core.verdict import LABELS, labels_for
 
     verdicts = np.asarray(labels_for(probs, cfg))
     out = {}

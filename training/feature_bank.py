@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from models.config import DetectorConfig
-from models.dataset import Sample
-from models.runtime import resolve_device
+from models.core.config import DetectorConfig
+from models.core.dataset import Sample
+from models.runtime.detector import resolve_device
 from training import frozen
 from training.features import FeatureCache, sample_key
 from training.pretrained import build_model

@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.clip_weights import cache_dir
-from models.config import DetectorConfig
-from models.dataset import Sample
-from models.preprocess import decode_image, file_view
+from models.core.clip_weights import cache_dir
+from models.core.config import DetectorConfig
+from models.core.dataset import Sample
+from models.core.preprocess import decode_image, file_view
 from training.augment import AugmentConfig, train_view
 
 log = logging.getLogger("fakelens.train")
@@ -104,7 +104,7 @@ class FeatureCache:
             self.rows[(k, v)] = x
 
     def write_errors(self) -> None:
-        from models.atomic import atomic_write_text
+        from models.core.atomic import atomic_write_text
 
         atomic_write_text(self.folder / "errors.json", json.dumps(self.errors, indent=1, sort_keys=True))
 
@@ -119,7 +119,7 @@ class TapExtractor:
             try:
                 import openvino as ov
 
-                from models.backends import openvino_core
+                from models.runtime.backends import openvino_core
 
                 model = ov.convert_model(self.taps, example_input=torch.zeros(1, 3, size, size))
                 self.compiled = openvino_core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})

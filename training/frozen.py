@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from models.backbones import weights_for_alias
-from models.config import DetectorConfig, PreprocessConfig
-from models.dataset import Sample
+from models.core.backbones import weights_for_alias
+from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.dataset import Sample
 from training.augment import AugmentConfig
 from training.features import FeatureCache, TapExtractor, cache_key, feature_cache_dir, fill, sample_key
 from training.loader import epoch_draws
@@ -75,7 +75,7 @@ def with_all_blocks(det: DetectorConfig) -> DetectorConfig:
         if det.lora_rank and not det.lora_blocks:
             return dataclasses.replace(det, lora_blocks=tuple(range(max(0, max(det.blocks) - 3), max(det.blocks) + 1)))
         return det
-    from models.network import build_backbone
+    from models.core.network import build_backbone
 
     depth = len(build_backbone(dataclasses.replace(det, head="classifier", blocks=())).blocks)
     det = dataclasses.replace(det, blocks=tuple(range(depth)))

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from models.config import PreprocessConfig
-from models.dataset import Sample
-from models.preprocess import decode_image
+from models.core.config import PreprocessConfig
+from models.core.dataset import Sample
+from models.core.preprocess import decode_image
 from training.augment import AugmentConfig, train_view
 
 

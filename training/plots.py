@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from models.atomic import atomic_write
-from models.metrics import ECE_BINS, reliability_bins, roc_auc, roc_curve
+from models.core.atomic import atomic_write
+from models.core.metrics import ECE_BINS, reliability_bins, roc_auc, roc_curve
 
 
 def _save(fig, path: Path) -> None:

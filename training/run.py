@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from models.atomic import resolve_dir
-from models.checkpoint import load_weights
-from models.config import DetectorConfig
-from models.dataset import Sample, fingerprint, list_samples
-from models.runtime import resolve_device
+from models.core.atomic import resolve_dir
+from models.core.checkpoint import load_weights
+from models.core.config import DetectorConfig
+from models.core.dataset import Sample, fingerprint, list_samples
+from models.runtime.detector import resolve_device
 from training import distributed, frozen
 from training.checkpointing import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from training.features import FeatureCache

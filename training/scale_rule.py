@@ -1,7 +1,7 @@
 """The scale policy's rule, fitted on validation data: how much the native view's logit counts.
 
 A picture reaches the model as a resized whole and, when it is large enough, as native-resolution
-crops (models/preprocess.py `plan_views`); its logit is (1 - w) * resized + w * native. Datasets that
+crops (models/core/preprocess.py `plan_views`); its logit is (1 - w) * resized + w * native. Datasets that
 store both views of a picture as separate files (realfake-native beside its shrunk parents,
 realfake-families) let w be chosen where it matters: on val pictures that have both views.
 
@@ -15,8 +15,8 @@ from collections import defaultdict
 
 import numpy as np
 
-from models.dataset import Sample
-from models.metrics import roc_auc
+from models.core.dataset import Sample
+from models.core.metrics import roc_auc
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 

@@ -34,11 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.atomic import resolve_dir
-from models.checkpoint import CONFIG, WEIGHTS, load_model_dir
-from models.config import DetectorConfig
-from models.metrics import roc_auc
-from models.runtime import Detector, ModuleBackend
+from models.core.atomic import resolve_dir
+from models.core.checkpoint import CONFIG, WEIGHTS, load_model_dir
+from models.core.config import DetectorConfig
+from models.core.metrics import roc_auc
+from models.runtime.backends import ModuleBackend
+from models.runtime.detector import Detector
 from training import distributed, scale_rule
 from training.calibrate import calibrate
 from training.evaluate import collect_logits

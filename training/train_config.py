@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.config import DetectorConfig, PreprocessConfig
+from models.core.config import DetectorConfig, PreprocessConfig
 
 OPTIMIZERS = ("adamw", "sgd")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -39,7 +39,7 @@ class TrainConfig:
     pretrained_file: str | None = None
     img_size: int = PreprocessConfig.img_size
     crop_mode: str = PreprocessConfig.crop_mode
-    # The scale policy the detector is served with (models/preprocess.py `plan_views`): a resized
+    # The scale policy the detector is served with (models/core/preprocess.py `plan_views`): a resized
     # whole-picture view (shorter side `resize_size`; None: img_size * 8 / 7, 256 for 224) and native
     # views at the picture's intrinsic scale (`undo_upscale`). "resize" crop mode keeps one view.
     scales: tuple[str, ...] = ("resized", "native")
@@ -61,11 +61,11 @@ class TrainConfig:
     ema_decay: float | None = None
     freeze_backbone: bool = False
     # "blocks": frozen ViT, CLS tokens of `blocks` (empty: all) cached per view, head trained
-    # on the cache (models/network.py, training/features.py). "classifier": train the timm model.
+    # on the cache (models/core/network.py, training/features.py). "classifier": train the timm model.
     head: str = "classifier"
     blocks: tuple[int, ...] = ()
     head_dim: int = 128
-    # Adapt the backbone under a "blocks" head (models/lora.py): LoRA of this rank (0: off) on the
+    # Adapt the backbone under a "blocks" head (models/core/lora.py): LoRA of this rank (0: off) on the
     # attention of `lora_blocks` (empty: the last four), and/or `tune_blocks` trained outright.
     # Either makes the loop read images instead of the feature cache.
     lora_rank: int = 0
@@ -144,7 +144,7 @@ class TrainConfig:
         return cls(**d)
 
     def save(self, path: Path) -> None:
-        from models.atomic import atomic_write_text
+        from models.core.atomic import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
 

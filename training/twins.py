@@ -26,9 +26,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.atomic import atomic_write, atomic_write_text
-from models.dataset import Sample
-from models.preprocess import decode_image
+from models.core.atomic import atomic_write, atomic_write_text
+from models.core.dataset import Sample
+from models.core.preprocess import decode_image
 
 log = logging.getLogger("fakelens.train")
 ENCODER_FILE, DECODER_FILE = "taef2_encoder.pth", "taef2_decoder.pth"

@@ -29,14 +29,14 @@ export function pickField(config, route, candidates) {
 const num = (v) => (typeof v === "number" && Number.isFinite(v) ? v : null);
 
 function box(face) {
-  // [x, y, width, height] in pixels of the decoded (EXIF-rotated) image, as models/faces.py writes it
+  // [x, y, width, height] in pixels of the decoded (EXIF-rotated) image, as models/evidence/faces.py writes it
   const b = face.box || face.bbox;
   if (Array.isArray(b) && b.length === 4) return b.map(Number);
   if (["x", "y", "w", "h"].every((k) => k in face)) return [face.x, face.y, face.w, face.h];
   return null;
 }
 
-// one row of /detect_video's `timeline` (models/video.py summarize_video)
+// one row of /detect_video's `timeline` (models/evidence/video.py summarize_video)
 function frame(f, i) {
   return {
     index: f.index ?? i,
@@ -47,7 +47,7 @@ function frame(f, i) {
   };
 }
 
-// models/explain.py Heat.to_dict(): values (rows x cols, null where no view covered the cell),
+// models/evidence/explain.py Heat.to_dict(): values (rows x cols, null where no view covered the cell),
 // origin [x, y] and cell_px in original pixels, image_size [w, h]; or an overlay PNG.
 function heatmap(h) {
   if (!h || typeof h !== "object") return null;
@@ -75,9 +75,9 @@ export function heatFromExplain(body) {
 
 /**
  * An API answer (/detect, /detect_video, /explain or a /detect_batch item) -> what a card shows.
- * Shapes: service/verdict.py (label, score, threshold, uncertain_band, model, image), models/
- * provenance.py (provenance), models/faces.py (faces: {faces: [...], face_found, note}),
- * models/explain.py (heatmap), models/video.py (video, timeline, mean/max/share_flagged).
+ * Shapes: service/verdict.py (label, score, threshold, uncertain_band, model, image), models/evidence/
+ * provenance.py (provenance), models/evidence/faces.py (faces: {faces: [...], face_found, note}),
+ * models/evidence/explain.py (heatmap), models/evidence/video.py (video, timeline, mean/max/share_flagged).
  */
 export function fromAnswer(a) {
   const threshold = num(a.threshold);
@@ -89,7 +89,7 @@ export function fromAnswer(a) {
   const faces = faceMode && Array.isArray(faceMode.faces) ? faceMode.faces : [];
   const timeline = a.timeline ?? null;
   return {
-    label: a.label ?? null, // synthetic | real | uncertain, decided by the server (models/verdict.py)
+    label: a.label ?? null, // synthetic | real | uncertain, decided by the server (models/core/verdict.py)
     score: num(a.score),
     threshold,
     band,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoint import save_model_dir
-from models.network import build_network
+from models.core.checkpoint import save_model_dir
+from models.core.network import build_network
 from tests.browser.chromium import find_chromium, launch
 from tests.conftest import tiny_config
 from tests.serve_helpers import serving

@@ -239,8 +239,8 @@ def test_page_is_self_contained(page, page_server):
 
 
 def evidence_answer(api: dict) -> dict:
-    """A real /detect answer plus what the evidence work adds, in the shapes of models/provenance.py
-    and models/faces.py (face mode: `faces` is {faces, face_found, max_face})."""
+    """A real /detect answer plus what the evidence work adds, in the shapes of models/evidence/provenance.py
+    and models/evidence/faces.py (face mode: `faces` is {faces, face_found, max_face})."""
     return {
         **api,
         "label": "synthetic", "reason": "declared",
@@ -252,7 +252,7 @@ def evidence_answer(api: dict) -> dict:
 
 
 def video_answer(api: dict) -> dict:
-    """A /detect_video answer in models/video.py's shape (summarize_video) around a real answer's rule."""
+    """A /detect_video answer in models/evidence/video.py's shape (summarize_video) around a real answer's rule."""
     timeline = [{"index": i * 12, "time_s": i / 2, "keyframe": i == 0, "score": s, "label": lab}
                 for i, (s, lab) in enumerate([(0.2, "real"), (0.5, "uncertain"), (0.9, "synthetic")])]
     return {"label": "uncertain", "score": 0.5333, "aggregate": "mean", "mean": 0.5333, "max": 0.9,

@@ -1,6 +1,6 @@
 """Binary detection metrics in plain numpy (labels: 1 = synthetic, scores: higher = more synthetic).
 
-    from models.metrics import binary_report
+    from models.core.metrics import binary_report
     report = binary_report(labels, probs, threshold=0.5)
 
 Every curve metric is tie-aware: tied scores move the ROC/PR curve in one step, as

@@ -29,13 +29,13 @@ class WeightsSpec:
 
 
 def _clip_b16() -> Path:
-    from models.clip_weights import clip_vit_b16_weights
+    from models.core.clip_weights import clip_vit_b16_weights
 
     return clip_vit_b16_weights()
 
 
 def _clip_spec() -> WeightsSpec:
-    from models import clip_weights as cw
+    from models.core import clip_weights as cw
 
     return WeightsSpec(
         name="clip-vit-b16-openai", arch=cw.ARCH, hub_tag="openai", mean=cw.CLIP_MEAN, std=cw.CLIP_STD,
@@ -62,7 +62,7 @@ def weights_spec(name: str) -> WeightsSpec:
 
 def verified_weights(name: str, expected_sha256: str = "") -> Path:
     """The local weights file for `name`, checked against the sha256 the model was trained with."""
-    from models.metadata import file_sha256
+    from models.core.atomic import file_sha256
 
     spec = weights_spec(name)
     path = spec.fetch()

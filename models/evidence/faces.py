@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.config import DetectorConfig, PreprocessConfig
-from models.preprocess import eval_views
-from models.verdict import label_for
+from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.preprocess import eval_views
+from models.core.verdict import label_for
 
 # libfacedetection was trained on ~320-640 px inputs; yuface warns above 960 px.
 DETECT_MAX_SIDE = 640

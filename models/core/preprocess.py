@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from models.config import PreprocessConfig
+from models.core.config import PreprocessConfig
 
 if TYPE_CHECKING:
     import torch
@@ -159,7 +159,7 @@ def to_array(img: Image.Image) -> np.ndarray:
 
 
 def crop_or_pad(arr, size: int, top: int | None = None, left: int | None = None):
-    """Crop an HxWx3 uint8 array (numpy, or a torch tensor on any device: models/jpeg_decode.py)
+    """Crop an HxWx3 uint8 array (numpy, or a torch tensor on any device: models/runtime/jpeg_decode.py)
     to size x size at (top, left) (centre by default).
 
     Sides shorter than `size` are padded symmetrically; the pad value is marked with -1 by

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.config import DetectorConfig
+from models.core.config import DetectorConfig
 
 LABELS = ("real", "uncertain", "synthetic")
 
@@ -51,7 +51,7 @@ def describe(cfg: DetectorConfig) -> dict:
 def decide(probability: float | None, cfg: DetectorConfig, provenance: dict | None = None) -> tuple[str, str]:
     """(label, reason): the model's `label_for`, unless the file itself declares generative AI.
 
-    reason is "declared" when an intact provenance declaration (models/provenance.py) made
+    reason is "declared" when an intact provenance declaration (models/evidence/provenance.py) made
     the label `synthetic`, else "model". Provenance never pushes a verdict towards `real`:
     missing or camera-looking metadata proves nothing. `probability` may be None when the
     image could not be scored but its metadata was read.

@@ -23,10 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.config import DetectorConfig, PreprocessConfig
-from models.faces import FacePlan, plan_faces, summarize
-from models.preprocess import eval_views
-from models.verdict import is_flagged, label_for
+from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.preprocess import eval_views
+from models.core.verdict import is_flagged, label_for
+from models.evidence.faces import FacePlan, plan_faces, summarize
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".3gp")
 # The verdict is taken on one of these; share_flagged (frames at or above the threshold) is reported only.

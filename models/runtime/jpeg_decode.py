@@ -8,7 +8,7 @@ per image, of which Pillow decode and crop about 2 ms), while the GPU decodes a 
 JPEGs 15x faster than 16 Pillow threads. So a front may send a JPEG's bytes instead of its
 views, and the model process decodes the whole batch with `torchvision.io.decode_jpeg`
 (nvJPEG on CUDA, libjpeg-turbo on CPU) and cuts the views with the same arithmetic as
-`models.preprocess.eval_pixels`.
+`models.core.preprocess.eval_pixels`.
 
 Only files whose decode both paths agree on take this route: baseline or progressive JPEG
 in RGB or grayscale, no EXIF turn, a complete stream (ends with EOI), a preprocessing that
@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING
 
 from PIL import Image
 
-from models.config import DetectorConfig, PreprocessConfig
-from models.prepare import Limits, Prepared, prepare
-from models.preprocess import (
+from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.preprocess import (
     EXIF_ORIENTATION,
     ImageError,
     ImageFacts,
@@ -38,7 +37,8 @@ from models.preprocess import (
     needs_upscale_estimate,
     plan_views,
 )
-from models.provenance import read_provenance
+from models.evidence.provenance import read_provenance
+from models.runtime.prepare import Limits, Prepared, prepare
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,7 @@ def undecodable() -> ImageError:
 
 
 def prepare_raw(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> Prepared:
-    """`models.prepare.prepare`, except that a JPEG the model process can decode keeps its bytes
+    """`models.runtime.prepare.prepare`, except that a JPEG the model process can decode keeps its bytes
     (`jpeg`, no `views`): the front reads only its header and provenance."""
     facts = raw_facts(data, cfg, limits)
     if facts is None:
@@ -91,7 +91,7 @@ def prepare_raw(data: bytes, cfg: DetectorConfig, limits: Limits = Limits()) -> 
 
 
 def cut_views(img: torch.Tensor, pre: PreprocessConfig) -> torch.Tensor:
-    """`models.preprocess.eval_pixels` for a decoded H x W x 3 uint8 tensor: V x S x S x 3, with the
+    """`models.core.preprocess.eval_pixels` for a decoded H x W x 3 uint8 tensor: V x S x S x 3, with the
     same view origins and crop/pad (uint8 and padded int16 views stack to int16, as numpy's do)."""
     import torch  # here, not at the top: the scorer's decode workers run prepare_raw without torch
 

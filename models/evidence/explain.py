@@ -12,7 +12,7 @@ positive = that region pushed the verdict towards `synthetic`. Occlusion needs o
 forward passes, so it explains exactly the runtime that answered (ONNX Runtime, OpenVINO,
 eager) rather than a PyTorch copy of it, at the cost of grid^2 extra forwards per view
 (docs/evidence.md has the measured cost). Cells are mapped back to the image through the
-same crop/pad/tile geometry `models.preprocess.eval_views` used.
+same crop/pad/tile geometry `models.core.preprocess.eval_views` used.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.config import PreprocessConfig
-from models.preprocess import View, aggregate_views, eval_views, image_views, plan_views, scaled_size
+from models.core.config import PreprocessConfig
+from models.core.preprocess import View, aggregate_views, eval_views, image_views, plan_views, scaled_size
 
 DEFAULT_GRID = 7
 # Each view costs grid^2 + 1 forwards: 16 (257 per view) bounds what one request can ask for.
@@ -132,7 +132,7 @@ def relevance_map(img: Image.Image, pre: PreprocessConfig, base_logits, occluded
 
 
 def explain(detector, img: Image.Image, grid: int = DEFAULT_GRID, batch_size: int = 32) -> Heat:
-    """The occlusion heat of one RGB image, run locally through `detector` (models.runtime.Detector)."""
+    """The occlusion heat of one RGB image, run locally through `detector` (models.runtime.detector.Detector)."""
     import torch
 
     pre = detector.config.preprocess

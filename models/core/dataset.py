@@ -157,6 +157,14 @@ def list_samples(data: str | Path, split: str | None = None) -> list[Sample]:
     return samples
 
 
+def val_samples(data: str) -> list[tuple[str, int]]:
+    """(path, label) of DATA's val split: what export's `--data` and the int8 gate measure on."""
+    samples = list_samples(data, split="val")
+    if not samples:
+        raise ValueError(f"dataset {data} has no val split images to measure the AUC change on")
+    return [(s.path, s.label) for s in samples]
+
+
 def align_splits(samples: list[Sample]) -> list[Sample]:
     """A file that shows another file's picture (a native crop of a shrunk picture, a synthetic twin
     of a real) takes that file's split: one picture never has a view in train and another in val

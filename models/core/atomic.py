@@ -1,15 +1,25 @@
-"""Atomic file writes: write a temp file in the same folder, fsync, then os.replace.
+"""Files on disk: atomic writes (temp file in the same folder, fsync, os.replace) and content hashes.
 
 A crash (even kill -9) leaves either the old file or the new one, never a torn one.
+`file_sha256` is the one hash used to pin weights (backbones, CLIP wheel) and exports.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:

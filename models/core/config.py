@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.core.atomic import atomic_write_text
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -22,7 +24,7 @@ CROP_MODES = ("crop", "resize")
 # Evaluation views. "center" scores one crop; "tiles" averages logits over a grid of
 # native-resolution crops covering the image (large images keep their artifacts).
 VIEW_MODES = ("center", "tiles")
-# The scale policy (models/preprocess.py `plan_views`): "resized" is the whole picture shrunk so its
+# The scale policy (models/core/preprocess.py `plan_views`): "resized" is the whole picture shrunk so its
 # shorter side is `resize_size` (the scale the shared datasets store, so the scale the model was
 # trained at), centre-cropped; "native" is a crop (or tiles) at the picture's own resolution.
 SCALES = ("resized", "native")
@@ -75,18 +77,18 @@ class DetectorConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     # "classifier": the timm model with a 1-logit classifier (fine-tuned or linear probe).
     # "blocks": a frozen ViT whose CLS token is tapped after each block in `blocks`, feeding a
-    # small head with learned per-block weights (RINE/UnivFD style; models/network.py).
+    # small head with learned per-block weights (RINE/UnivFD style; models/core/network.py).
     head: str = "classifier"
     blocks: tuple[int, ...] = ()
     head_dim: int = 128
     # Backbone adaptation under a "blocks" head: LoRA of rank `lora_rank` on the attention of
-    # `lora_blocks`, and `tuned_blocks` trained outright (models/lora.py). Only these and the head
+    # `lora_blocks`, and `tuned_blocks` trained outright (models/core/lora.py). Only these and the head
     # are stored; the rest of the backbone comes from `backbone_weights`.
     lora_rank: int = 0
     lora_alpha: float = 0.0
     lora_blocks: tuple[int, ...] = ()
     tuned_blocks: tuple[int, ...] = ()
-    # Identity of the frozen backbone's weights (models/backbones.py): a name such as
+    # Identity of the frozen backbone's weights (models/core/backbones.py): a name such as
     # "clip-vit-b16-openai" and the sha256 of the weights file. A "blocks" model folder stores only
     # the head; the backbone is rebuilt from these and refused when the file differs.
     backbone_weights: str = ""
@@ -96,7 +98,7 @@ class DetectorConfig:
     temperature: float = 1.0
     threshold: float = 0.5
     target_fpr: float = 0.05
-    # Probabilities in [low, high) get the label "uncertain" (models/verdict.py); None: no band.
+    # Probabilities in [low, high) get the label "uncertain" (models/core/verdict.py); None: no band.
     uncertain_band: tuple[float, float] | None = None
     name: str = "fakelens-detector"
     version: str = ""
@@ -144,8 +146,6 @@ class DetectorConfig:
         return cls(preprocess=PreprocessConfig(**pre), **d)
 
     def save(self, path: str | Path) -> None:
-        from models.atomic import atomic_write_text
-
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))
 
     @classmethod

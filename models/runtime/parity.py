@@ -2,7 +2,7 @@
 
 Every export runs each produced runtime on a fixed deterministic batch and compares its
 logits with the eager PyTorch model's. Bounds (max abs difference), per runtime in
-models.backends.SPECS:
+models.runtime.backends.SPECS:
 - fp32 runtimes (TorchScript, ONNX Runtime, OpenVINO f32): logits within
   1e-4 * max(1, max |eager logit|): the same maths in another kernel order.
 - reduced precision (ONNX int8 dynamic quantization, ONNX fp16, OpenVINO bf16): the
@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from models.backends import SPECS
-from models.preprocess import calibrated_probability
+from models.core.preprocess import calibrated_probability
+from models.runtime.backends import SPECS
 
 FP32_LOGIT_RTOL = 1e-4
 # Batch sizes for the check: 1 and an odd size unlike the trace's, proving the batch axis is dynamic.

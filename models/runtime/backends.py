@@ -4,12 +4,12 @@ A backend maps an N x 3 x S x S float32 batch to N logits: eager PyTorch (checkp
 folders), ONNX Runtime (fp32/int8/fp16), TorchScript and OpenVINO (export folders).
 `SPECS` at the bottom is the single table of what each one is: the artifact it loads, the
 export option that writes it, its precision and parity bound, the devices it runs on and
-its rank for `backend="auto"`. Export (models/export.py), parity (models/parity.py),
-auto-selection and loading (models/runtime.py) all read it, so adding a runtime is one
+its rank for `backend="auto"`. Export (models/runtime/export.py), parity (models/runtime/parity.py),
+auto-selection and loading (models/runtime/detector.py) all read it, so adding a runtime is one
 factory plus one row here.
 
 Factories fail at load, with a message saying what to do, when the artifact is missing,
-corrupt or built for another input size; `runtime.load_detector` then runs a warm-up batch
+corrupt or built for another input size; `detector.open_detector` then runs a warm-up batch
 so nothing fails at the first request. Heavy imports (onnxruntime, openvino) stay inside
 the factories so importing the table is cheap.
 """
@@ -25,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.config import DetectorConfig
-from models.metadata import (
+from models.core.config import DetectorConfig
+from models.runtime.metadata import (
     INPUT_NAME,
+    INT8_OPENVINO_FILE,
+    INT8_STATIC_FILE,
     ONNX_FILE,
     ONNX_FP16_FILE,
     ONNX_INT8_FILE,
@@ -35,7 +37,7 @@ from models.metadata import (
     TORCHSCRIPT_FILE,
 )
 
-WEIGHTS_FILE = "model.safetensors"  # models.checkpoint.WEIGHTS, without importing timm here
+WEIGHTS_FILE = "model.safetensors"  # models.core.checkpoint.WEIGHTS, without importing timm here
 
 
 def _artifact(folder: Path, filename: str, hint: str) -> Path:
@@ -82,7 +84,7 @@ class ModuleBackend:
 
 def eager_backend(folder: Path, cfg: DetectorConfig, device: str) -> ModuleBackend:
     """The PyTorch model from a checkpoint folder (model.safetensors + detector.json)."""
-    from models.checkpoint import load_model_dir
+    from models.core.checkpoint import load_model_dir
 
     if not (Path(folder) / WEIGHTS_FILE).is_file() and (Path(folder) / ONNX_FILE).is_file():
         raise ValueError(
@@ -234,6 +236,19 @@ def openvino_fp32_backend(folder: Path, cfg: DetectorConfig, device: str) -> Ope
     return OpenVinoBackend(path, cfg, device, "openvino-fp32", "f32")
 
 
+def openvino_int8_backend(folder: Path, cfg: DetectorConfig, device: str) -> OpenVinoBackend:
+    """OpenVINO reading NNCF's int8 IR (models/runtime/quantize.py): its int8 kernels (VNNI/AMX) run
+    the quantised ops, the rest runs at the CPU's usual precision (bf16 where available), as
+    backend 'openvino' does."""
+    path = _artifact(folder, INT8_OPENVINO_FILE, "run `fakelens quantize EXP --data DATA` (needs nncf)")
+    return OpenVinoBackend(path, cfg, device, "openvino-int8", "bf16" if cpu_has_bf16() else "f32")
+
+
+def onnx_int8_static_backend(folder: Path, cfg: DetectorConfig, device: str) -> OrtBackend:
+    path = _artifact(folder, INT8_STATIC_FILE, "run `fakelens quantize EXP --data DATA`")
+    return OrtBackend(path, cfg, device, "onnx-int8-static")
+
+
 def has_cuda_ort(device: str) -> bool:
     import onnxruntime as ort
 
@@ -277,6 +292,7 @@ def _spec(name, factory, artifact, precision, devices, **kw) -> BackendSpec:
     return BackendSpec(name, factory, artifact, precision, devices, **kw)
 
 
+_INT8_HOW = "export with `fakelens export ... --data DATA --int8-static` (or `fakelens quantize EXP --data DATA`)"
 # Ranks follow docs/performance-runtimes.md: CPU: OpenVINO (bf16 on AMX CPUs) when its parity
 # passed, else ORT fp32; GPU: ORT fp16 where onnxruntime-gpu is installed, else TorchScript fp16.
 SPECS: dict[str, BackendSpec] = {s.name: s for s in (
@@ -293,4 +309,11 @@ SPECS: dict[str, BackendSpec] = {s.name: s for s in (
     _spec("openvino", openvino_backend, ONNX_FILE, "bf16", ("cpu",), prob_bound=1e-2, rejects_export=False,
           auto_rank={"cpu": 0}),
     _spec("openvino-fp32", openvino_fp32_backend, ONNX_FILE, "fp32", ("cpu",), rejects_export=False),
+    # Static int8 (models/runtime/quantize.py): never ranked; `auto` offers one only where the
+    # export's int8 gate recorded that it keeps the verdicts and is faster (offered_int8_backend).
+    # The gate on validation data is the real check; the parity bound only catches a broken graph.
+    _spec("openvino-int8", openvino_int8_backend, INT8_OPENVINO_FILE, "int8", ("cpu",), prob_bound=5e-2,
+          rejects_export=False, how_to_get=_INT8_HOW),
+    _spec("onnx-int8-static", onnx_int8_static_backend, INT8_STATIC_FILE, "int8", ("cpu",), prob_bound=5e-2,
+          rejects_export=False, how_to_get=_INT8_HOW),
 )}

@@ -12,10 +12,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from models.atomic import resolve_dir
-from models.config import DetectorConfig
-from models.lora import merge_lora
-from models.network import HEAD_PREFIX, build_network, is_tuned
+from models.core.atomic import resolve_dir
+from models.core.config import DetectorConfig
+from models.core.lora import merge_lora
+from models.core.network import HEAD_PREFIX, build_network, is_tuned
 
 WEIGHTS = "model.safetensors"
 CONFIG = "detector.json"

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from models.metadata import read_metadata
+from models.runtime.metadata import read_metadata
 
 DEFAULT_NAME = "fakelens-detector"
 

@@ -20,7 +20,7 @@ CLI alike), or passed as `trust_anchors`; without any, a valid signature is
 
 Policy (docs/evidence.md): an intact declaration of generative AI (a manifest that is not
 `invalid`, or plain metadata) makes the verdict `synthetic` with reason "declared"
-(`models.verdict.decide`). Nothing here is ever evidence of authenticity: metadata is
+(`models.core.verdict.decide`). Nothing here is ever evidence of authenticity: metadata is
 stripped by most uploads and re-encodes, and anyone can write "Canon" into EXIF.
 """
 

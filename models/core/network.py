@@ -17,7 +17,7 @@ import timm
 import torch
 from torch import nn
 
-from models.config import DetectorConfig
+from models.core.config import DetectorConfig
 
 
 class BlockTaps(nn.Module):
@@ -122,7 +122,7 @@ def build_tap_detector(cfg: DetectorConfig, backbone: nn.Module) -> TapDetector:
     dim = int(getattr(backbone, "embed_dim", 0) or backbone.num_features)
     detector = TapDetector(BlockTaps(backbone, cfg.blocks), BlockHead(len(cfg.blocks), dim, cfg.head_dim))
     if cfg.lora_rank:
-        from models.lora import add_lora
+        from models.core.lora import add_lora
 
         add_lora(backbone, cfg.lora_blocks, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank)
     for name, p in detector.taps.named_parameters():
@@ -132,7 +132,7 @@ def build_tap_detector(cfg: DetectorConfig, backbone: nn.Module) -> TapDetector:
 
 def is_tuned(backbone_key: str, cfg: DetectorConfig) -> bool:
     """Whether a backbone parameter is trained (and so stored beside the head)."""
-    from models.lora import LORA_KEY
+    from models.core.lora import LORA_KEY
 
     if LORA_KEY in f".{backbone_key}":
         return True
@@ -141,10 +141,10 @@ def is_tuned(backbone_key: str, cfg: DetectorConfig) -> bool:
 
 
 def load_backbone_weights(backbone: nn.Module, cfg: DetectorConfig) -> None:
-    """Named backbone weights (models/backbones.py), strictly, checked against cfg.backbone_sha256."""
+    """Named backbone weights (models/core/backbones.py), strictly, checked against cfg.backbone_sha256."""
     from safetensors.torch import load_file
 
-    from models.backbones import verified_weights
+    from models.core.backbones import verified_weights
 
     path = verified_weights(cfg.backbone_weights, cfg.backbone_sha256)
     backbone.load_state_dict(load_file(str(path)), strict=True)
@@ -157,7 +157,7 @@ def build_network(cfg: DetectorConfig, pretrained: bool = False, pretrained_file
     `pretrained_file` loads a local weights file through timm's own loader
     (`pretrained_cfg_overlay=dict(file=...)`), so classifier replacement and ViT
     position-embedding resampling behave exactly as for hub weights. A "blocks" model whose
-    config names `backbone_weights` gets them from models/backbones.py (no hub needed).
+    config names `backbone_weights` gets them from models/core/backbones.py (no hub needed).
     """
     if cfg.head == "classifier" and cfg.backbone_weights:
         # Fine-tuning named weights (e.g. CLIP on a GPU machine): load them, then a 1-logit head.

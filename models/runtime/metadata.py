@@ -6,33 +6,35 @@ The same facts are written three ways so each artifact stands alone:
   `onnxruntime.InferenceSession(path).get_modelmeta().custom_metadata_map` names the
   preprocessing, temperature and threshold without any project code;
 - TorchScript `_extra_files["metadata.json"]`.
+
+The file names of every artifact live here too, and the facts the runtime reads back from an
+export (`offered_int8_backend`: whether the int8 gate let `auto` pick a static int8 copy), so
+loading an export never needs the code that made it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from models.config import DetectorConfig
+from models.core.atomic import atomic_write_text
+from models.core.config import DetectorConfig
 
 METADATA = "metadata.json"
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
 ONNX_FP16_FILE = "model.fp16.onnx"
 TORCHSCRIPT_FILE = "model.torchscript.pt"
+# Static int8 copies written by `fakelens quantize` (models/runtime/quantize.py), and its record's key.
+INT8_STATIC_FILE = "model.int8-static.onnx"  # ONNX Runtime QDQ (onnx-int8-static)
+INT8_OPENVINO_FILE = "model.int8-static.xml"  # NNCF OpenVINO IR, weights in the .bin beside it (openvino-int8)
+INT8_BACKENDS = ("openvino-int8", "onnx-int8-static")
+INT8_FILES = {"openvino-int8": INT8_OPENVINO_FILE, "onnx-int8-static": INT8_STATIC_FILE}
+INT8_META_KEY = "int8_static"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 FORMAT_VERSION = 1
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def build_metadata(cfg: DetectorConfig, **export_facts: Any) -> dict[str, Any]:
@@ -74,8 +76,6 @@ def set_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
 
 
 def write_metadata(folder: Path, meta: dict[str, Any]) -> None:
-    from models.atomic import atomic_write_text
-
     atomic_write_text(folder / METADATA, json.dumps(meta, indent=2, sort_keys=True))
 
 
@@ -93,3 +93,13 @@ def read_metadata(folder: Path) -> dict[str, Any]:
 
 def is_export_dir(folder: Path) -> bool:
     return any((Path(folder) / name).exists() for name in (ONNX_FILE, TORCHSCRIPT_FILE, METADATA))
+
+
+def offered_int8_backend(meta: dict[str, Any]) -> str | None:
+    """The int8 runtime `auto` may pick for an export, read from the int8 gate's record in its
+    metadata (models/runtime/quantize.py writes it): None unless the gate passed and it was faster."""
+    record = meta.get(INT8_META_KEY)
+    if (isinstance(record, dict) and record.get("passed") is True and record.get("faster") is True
+            and record.get("backend") in INT8_BACKENDS):
+        return record["backend"]
+    return None

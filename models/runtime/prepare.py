@@ -3,8 +3,8 @@
     item = prepare(data, detector.config, Limits(max_bytes=20 * 2**20))
     probs = detector.probabilities_from_views([item.views])
 
-Size check, decode (models.preprocess.decode_image), the detector's own eval views, and the
-file's provenance (models/provenance.py, about 1 ms), in that order; bad input raises `ImageError` whose `kind` the caller maps to its own answer
+Size check, decode (models.core.preprocess.decode_image), the detector's own eval views, and the
+file's provenance (models/evidence/provenance.py, about 1 ms), in that order; bad input raises `ImageError` whose `kind` the caller maps to its own answer
 (an HTTP status in service/errors.py, an `error` column in the scorer's rows). The HTTP
 service and `fakelens score` both call this, so an image is cut the same way wherever it is
 scored.
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from models.config import DetectorConfig
-from models.preprocess import DEFAULT_MAX_PIXELS, ImageError, ImageFacts, decode_image, eval_pixels
-from models.provenance import read_provenance
+from models.core.config import DetectorConfig
+from models.core.preprocess import DEFAULT_MAX_PIXELS, ImageError, ImageFacts, decode_image, eval_pixels
+from models.evidence.provenance import read_provenance
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class Prepared:
     views: np.ndarray | None  # V x S x S x 3 uint8 pixels (eval_pixels): 4x smaller than float32 across a
     # process hop; Detector.probabilities_from_views normalises them next to the model
     facts: ImageFacts
-    provenance: dict | None = None  # models/provenance.py: C2PA, XMP, EXIF, generator text chunks
-    jpeg: bytes | None = None  # instead of views: a JPEG the model process decodes (models/jpeg_decode.py)
+    provenance: dict | None = None  # models/evidence/provenance.py: C2PA, XMP, EXIF, generator text chunks
+    jpeg: bytes | None = None  # instead of views: a JPEG the model process decodes (models/runtime/jpeg_decode.py)
 
 
 def decode(data: bytes, limits: Limits = Limits()) -> tuple[Image.Image, ImageFacts]:

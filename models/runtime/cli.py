@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset folder/manifest: measure the int8/fp16 AUC change on its val split")
     p.add_argument("--int8-static", action="store_true",
                    help="also write static int8 copies (calibrated on --data's train split) and gate them on "
-                        "its val split; `auto` uses one only if AUC and FPR at the threshold hold (models/quantize.py)")
+                        "its val split; `auto` uses one only if AUC and FPR at the threshold hold (models/runtime/quantize.py)")
     p.add_argument("--calib", type=int, default=256, help="calibration images for --int8-static (default 256)")
     p.set_defaults(run=run_export)
 
@@ -45,51 +45,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.set_defaults(run=run_show)
 
 
-def _val_samples(data: str) -> list[tuple[str, int]]:
-    from models.dataset import list_samples
-
-    samples = list_samples(data, split="val")
-    if not samples:
-        raise ValueError(f"dataset {data} has no val split images to measure the AUC change on")
-    return [(s.path, s.label) for s in samples]
-
-
 def run_quantize(args: argparse.Namespace) -> int:
-    from models.quantize import add_int8_static, calibration_paths
+    from models.core.dataset import val_samples
+    from models.runtime.quantize import add_int8_static, calibration_paths
 
     folder = args.export
     if folder == "default" and not Path(folder).exists():
-        from models.default_model import ensure_export
+        from models.runtime.loader import ensure_export
 
         folder = ensure_export()
-    add_int8_static(folder, calibration_paths(args.data, args.calib), _val_samples(args.data))
+    add_int8_static(folder, calibration_paths(args.data, args.calib), val_samples(args.data))
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from models.export import ExportOptions, export_model
+    from models.core.dataset import val_samples
+    from models.runtime.export import ExportOptions, export_model
 
     if args.opset < 17:
         raise ValueError(f"--opset {args.opset} is too old; use 17 or newer")
     options = ExportOptions(int8=args.int8, fp16=args.fp16, opset=args.opset, version=args.version)
     if args.int8_static and not args.data:
         raise ValueError("--int8-static needs --data DATA: real images to calibrate on and a val split to gate on")
-    val = _val_samples(args.data) if args.data else None
+    val = val_samples(args.data) if args.data else None
     export_model(args.checkpoint, args.out, options, val=val)
     if args.int8_static:
-        from models.quantize import add_int8_static, calibration_paths
+        from models.runtime.quantize import add_int8_static, calibration_paths
 
         add_int8_static(args.out, calibration_paths(args.data, args.calib), val)
     if not args.no_store:
-        from models.store import register as store_register
+        from models.runtime.store import register as store_register
 
         store_register(Path(args.out))
     return 0
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from models.default_model import DEFAULT_DIR, default_config
-    from models.store import list_models
+    from models.core.default_model import DEFAULT_DIR, default_config
+    from models.runtime.store import list_models
 
     cfg = default_config()
     val = (cfg.metrics.get("val") or {}).get("auc")
@@ -109,7 +102,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from models.store import show
+    from models.runtime.store import show
 
     print(json.dumps(show(args.tag), indent=2, sort_keys=True))
     return 0

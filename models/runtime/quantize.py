@@ -20,40 +20,53 @@ It then gates each on DATA's val split, fp32 (`model.onnx`) against the int8 run
 through the same `Detector` path the service uses:
 
 - validation AUC may drop by at most MAX_AUC_DROP (0.005), and
-- the false-positive rate at the shipped threshold (`models.verdict.is_flagged` on the
+- the false-positive rate at the shipped threshold (`models.core.verdict.is_flagged` on the
   real images) may move by at most MAX_FPR_MOVE_POINTS (1 percentage point).
 
 Every candidate's figures, and the img/s of each int8 runtime and of the float default
 timed on the same validation views, go into metadata.json under "int8_static"; its
 `backend` is the fastest candidate that passed and beats the float default (else the
 fastest candidate, for the record). `load_detector(..., backend="auto")` offers int8 only
-when the record says passed and faster (`offered_backend`); otherwise the export's usual
-default (OpenVINO bf16 on CPU) stays.
+when the record says passed and faster; otherwise the export's usual default (OpenVINO bf16
+on CPU) stays. The runtime reads that record (`models.runtime.metadata.offered_int8_backend`)
+and loads the int8 files through their rows in `models.runtime.backends.SPECS`, so it never
+imports this module; this module uses the runtime's `Detector` to gate, one way only.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.config import DetectorConfig
+from models.core.checkpoint import CONFIG
+from models.core.config import DetectorConfig
+from models.core.dataset import list_samples, val_samples
+from models.core.metrics import roc_auc
+from models.core.preprocess import ImageError, decode_image, eval_views
+from models.core.verdict import is_flagged
+from models.runtime.backends import openvino_core
+from models.runtime.detector import BACKENDS, Detector, default_backend
+from models.runtime.metadata import (
+    INPUT_NAME,
+    INT8_BACKENDS,
+    INT8_FILES,
+    INT8_META_KEY,
+    ONNX_FILE,
+    read_metadata,
+    write_metadata,
+)
 
-INT8_STATIC_FILE = "model.int8-static.onnx"  # ONNX Runtime QDQ (onnx-int8-static)
-INT8_OPENVINO_FILE = "model.int8-static.xml"  # NNCF OpenVINO IR, weights in the .bin beside it (openvino-int8)
 MAX_AUC_DROP = 0.005
 MAX_FPR_MOVE_POINTS = 1.0
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 CALIB_BATCH = 8
 SPEED_IMAGES = 96  # validation views timed per backend to decide whether int8 is worth offering
-META_KEY = "int8_static"
-# The int8 runtimes; the gate measures each and records the one `auto` would pick.
-INT8_BACKENDS = ("openvino-int8", "onnx-int8-static")
-INT8_FILES = {"openvino-int8": INT8_OPENVINO_FILE, "onnx-int8-static": INT8_STATIC_FILE}
 METHODS = {
     "openvino-int8": "NNCF post-training quantisation of the OpenVINO model, preset MIXED, SmoothQuant for "
                      "transformers, fast bias correction",
@@ -63,8 +76,6 @@ METHODS = {
 
 
 def _views(paths: Sequence[str], cfg: DetectorConfig) -> list[np.ndarray]:
-    from models.preprocess import ImageError, decode_image, eval_views
-
     out = []
     for path in paths:
         try:
@@ -78,8 +89,6 @@ def quantize_static(src: Path, dst: Path, calibration: list[np.ndarray]) -> None
     """QDQ int8 copy of `src` at `dst` with activation ranges from `calibration` (normalised views)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType
     from onnxruntime.quantization import quantize_static as ort_quantize_static
-
-    from models.metadata import INPUT_NAME
 
     if not calibration:
         raise ValueError("no decodable calibration images: give a dataset with a train split of real images")
@@ -117,8 +126,6 @@ def quantize_openvino(src: Path, dst: Path, calibration: list[np.ndarray]) -> No
     import nncf
     import openvino as ov
 
-    from models.backends import openvino_core
-
     if not calibration:
         raise ValueError("no decodable calibration images: give a dataset with a train split of real images")
     model = openvino_core().read_model(str(src))
@@ -136,16 +143,12 @@ def quantize_openvino(src: Path, dst: Path, calibration: list[np.ndarray]) -> No
 
 
 def fpr_at_threshold(labels: np.ndarray, probs: np.ndarray, cfg: DetectorConfig) -> float:
-    from models.verdict import is_flagged
-
     reals = labels == 0
     return float(np.mean(is_flagged(probs[reals], cfg))) if reals.any() else float("nan")
 
 
 def gate(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, cfg: DetectorConfig) -> dict[str, Any]:
     """The verdict-keeping check on one set of validation probabilities, both ways."""
-    from models.metrics import roc_auc
-
     auc_fp32, auc_int8 = roc_auc(labels, fp32), roc_auc(labels, int8)
     fpr_fp32, fpr_int8 = fpr_at_threshold(labels, fp32, cfg), fpr_at_threshold(labels, int8, cfg)
     auc_drop = auc_fp32 - auc_int8
@@ -162,8 +165,6 @@ def gate(fp32: np.ndarray, int8: np.ndarray, labels: np.ndarray, cfg: DetectorCo
 
 
 def _probabilities(folder: Path, cfg: DetectorConfig, backend: str, views: list[np.ndarray]) -> np.ndarray:
-    from models.runtime import BACKENDS, Detector
-
     det = Detector(cfg, BACKENDS[backend](folder, cfg, "cpu"), str(folder))
     return np.concatenate([det.probabilities_from_views(views[i : i + 32]) for i in range(0, len(views), 32)])
 
@@ -171,10 +172,6 @@ def _probabilities(folder: Path, cfg: DetectorConfig, backend: str, views: list[
 def speeds(folder: Path, cfg: DetectorConfig, names: Sequence[str], views: list[np.ndarray],
            rounds: int = 2) -> dict[str, float]:
     """img/s of each backend on the same views (batch 32), interleaved so load hits all alike."""
-    import time
-
-    from models.runtime import BACKENDS, Detector
-
     dets = {n: Detector(cfg, BACKENDS[n](folder, cfg, "cpu"), str(folder)) for n in names}
     sample = views[:SPEED_IMAGES]
     rates: dict[str, list[float]] = {n: [] for n in names}
@@ -191,8 +188,6 @@ def speeds(folder: Path, cfg: DetectorConfig, names: Sequence[str], views: list[
 
 def float_default(folder: Path) -> str:
     """What `auto` runs on CPU without int8 (the runtime int8 has to beat)."""
-    from models.runtime import default_backend
-
     return default_backend(folder, "cpu", int8=False)
 
 
@@ -229,9 +224,6 @@ def choose(candidates: dict[str, dict[str, Any]]) -> str:
 def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tuple[str, int]],
                     log: Callable[[str], None] = print) -> dict[str, Any]:
     """Quantise EXP's model.onnx with each int8 method, gate each on `val`, record it in metadata.json."""
-    from models.checkpoint import CONFIG
-    from models.metadata import ONNX_FILE, read_metadata, write_metadata
-
     folder = Path(folder)
     if not (folder / ONNX_FILE).is_file():
         raise FileNotFoundError(f"{folder} has no {ONNX_FILE}; run `fakelens export` first")
@@ -257,7 +249,7 @@ def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tupl
     backend = choose(candidates)
     result = {**candidates[backend], "img_s": {**rates}, "float_default": default, "backend": backend,
               "calibration_images": len(calib), "candidates": candidates}
-    meta[META_KEY] = result
+    meta[INT8_META_KEY] = result
     write_metadata(folder, meta)
     for name, c in candidates.items():
         log(f"int8 static {name} ({c['img_s']:.1f} img/s vs {default} {rates[default]:.1f}): val AUC "
@@ -272,47 +264,8 @@ def add_int8_static(folder: str | Path, calib: Sequence[str], val: Sequence[tupl
     return result
 
 
-def openvino_int8_backend(folder: Path, cfg: DetectorConfig, device: str):
-    """OpenVINO reading NNCF's int8 IR: its int8 kernels (VNNI/AMX) run the quantised ops, the
-    rest runs at the CPU's usual precision (bf16 where available), as backend 'openvino' does."""
-    from models.backends import OpenVinoBackend, _artifact, cpu_has_bf16
-
-    path = _artifact(folder, INT8_OPENVINO_FILE, "run `fakelens quantize EXP --data DATA` (needs nncf)")
-    return OpenVinoBackend(path, cfg, device, "openvino-int8", "bf16" if cpu_has_bf16() else "f32")
-
-
-def onnx_int8_static_backend(folder: Path, cfg: DetectorConfig, device: str):
-    from models.backends import OrtBackend, _artifact
-
-    path = _artifact(folder, INT8_STATIC_FILE, "run `fakelens quantize EXP --data DATA`")
-    return OrtBackend(path, cfg, device, "onnx-int8-static")
-
-
-def specs() -> list:
-    """Registry rows for the two runtimes of the QDQ file (models.backends.BackendSpec)."""
-    from models.backends import BackendSpec
-
-    how = "export with `fakelens export ... --data DATA --int8-static` (or `fakelens quantize EXP --data DATA`)"
-    # The gate on validation data is the real check; the parity bound only catches a broken graph.
-    return [BackendSpec("openvino-int8", openvino_int8_backend, INT8_OPENVINO_FILE, "int8", ("cpu",),
-                        prob_bound=5e-2, rejects_export=False, how_to_get=how),
-            BackendSpec("onnx-int8-static", onnx_int8_static_backend, INT8_STATIC_FILE, "int8", ("cpu",),
-                        prob_bound=5e-2, rejects_export=False, how_to_get=how)]
-
-
-def offered_backend(meta: dict[str, Any]) -> str | None:
-    """The int8 runtime `auto` may pick for an export: None unless the gate passed and it was faster."""
-    record = meta.get(META_KEY)
-    if (isinstance(record, dict) and record.get("passed") is True and record.get("faster") is True
-            and record.get("backend") in INT8_BACKENDS):
-        return record["backend"]
-    return None
-
-
 def calibration_paths(data: str, limit: int) -> list[str]:
     """Up to `limit` train-split images, evenly spaced so every source/generator is represented."""
-    from models.dataset import list_samples
-
     paths = [s.path for s in list_samples(data, split="train")]
     if not paths:
         raise ValueError(f"dataset {data} has no train split images to calibrate on")
@@ -322,14 +275,12 @@ def calibration_paths(data: str, limit: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from models.cli import _val_samples
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("export", help="export folder (with model.onnx)")
     ap.add_argument("--data", required=True, help="dataset folder/manifest: train split calibrates, val gates")
     ap.add_argument("--calib", type=int, default=256, help="calibration images (default 256)")
     args = ap.parse_args(argv)
-    add_int8_static(args.export, calibration_paths(args.data, args.calib), _val_samples(args.data))
+    add_int8_static(args.export, calibration_paths(args.data, args.calib), val_samples(args.data))
     return 0
 
 
