@@ -102,8 +102,8 @@ def upscaled(img: Image.Image, k: int) -> Image.Image:
 @pytest.mark.timeout(1800)
 def test_shipped_detector_keeps_its_verdict_on_upscaled_fakes():
     from models.core.preprocess import decode_image
-    from models.runtime.loader import load_detector
     from models.core.verdict import label_for
+    from models.runtime.loader import load_detector
 
     det = load_detector("default")
     fakes = [s for s in held_back() if s.label == 1 and ("sd-cheatsheet" in s.source or "gan-detector" in s.source)

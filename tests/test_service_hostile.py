@@ -153,7 +153,12 @@ def run_asgi(app, messages: list[dict]) -> None:
     async def send(message):
         pass
 
-    asyncio.run(app({"type": "http", "path": "/score", "method": "POST", "headers": []}, receive, send))
+    # A thread of its own: the browser tests' Playwright keeps an event loop running in this one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    scope = {"type": "http", "path": "/score", "method": "POST", "headers": []}
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, app(scope, receive, send)).result()
 
 
 def test_a_caller_that_went_away_is_a_debug_line_not_a_traceback(caplog):
