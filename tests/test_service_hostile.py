@@ -185,3 +185,30 @@ def test_a_caller_that_went_away_is_a_debug_line_not_a_traceback(caplog):
     run_asgi(QuietDisconnect(endpoint), [{"type": "http.request", "body": b"ab", "more_body": True},
                                          {"type": "http.request", "body": b"c", "more_body": False}])
     assert bodies == [b"abc"]  # a whole request reaches the endpoint unchanged
+
+
+def test_a_link_dropped_while_the_answer_is_read_is_retried_not_a_500():
+    """aiohttp raises a bare RuntimeError("Connection closed.") when the model's answer is cut off
+    mid-read (seen once in a 15-minute soak); the front retries the idempotent call."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.service import Detector
+
+    calls = []
+
+    async def flaky(payload):
+        calls.append(payload)
+        if len(calls) == 1:
+            raise RuntimeError("Connection closed.")
+        return [0.25]
+
+    async def broken(payload):
+        raise RuntimeError("something else")
+
+    front = Detector.inner
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, front.call_model(None, flaky, ["x"])).result() == [0.25]
+        assert len(calls) == 2
+        with pytest.raises(RuntimeError, match="something else"):  # other errors are not swallowed
+            pool.submit(asyncio.run, front.call_model(None, broken, ["x"])).result()
