@@ -14,8 +14,9 @@ threshold), and tests on the left-out pictures of the train and val splits (neve
 AUC is given for the resized view (the shrunk files), the native view (realfake-native's crops)
 and multi-view (both, combined by the fold's rule, as the service scores a picture).
 
-Frozen-backbone folds read the shared feature cache (one extraction for all folds, about 20 min
-on 2 cores from empty; a fold then takes seconds). Needs ../shared/datasets; never run by tests.
+Frozen-backbone folds read the shared feature cache (one extraction for all folds: 42 min
+on 2 busy cores from empty, plus the twins; a fold then takes 15-90 s). Needs ../shared/datasets;
+never run by tests.
 """
 
 from __future__ import annotations

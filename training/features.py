@@ -1,13 +1,15 @@
 """Cached backbone features for a frozen-backbone ("blocks") detector: the input pipeline.
 
 A frozen backbone gives the same tokens for the same view every epoch, so each image's views
-are run through it once: view 0 is the evaluation view (`eval_views`, what the service
-scores), views 1..K are augmented training views (`train_view`: downscale, noise, blur, JPEG,
+are run through it once: view 0 is the file's own centre crop (`file_view`: each dataset file
+is one view of a picture, resized or native; the scale policy combines them), views 1..K are
+augmented training views (`train_view`: downscale, noise, blur, JPEG,
 random crop, flip), each a pure function of (seed, view, image). An epoch over the cache then
 takes seconds and the training loop in training/train.py only ever sees the head.
 
 The cache lives in `FAKELENS_CACHE/features/<key>/` where the key hashes everything that
-changes a feature (backbone identity, tapped blocks, preprocessing, augmentation, seed, K).
+changes a feature (backbone identity, tapped blocks, crop size and normalisation, augmentation,
+seed); not the scale policy's rule, which is fitted on top of these features.
 It is written in shards, each made atomically, so an interrupted extraction resumes where it
 stopped and never reads a torn shard.
 """
