@@ -3,8 +3,10 @@ generator metadata (PNG `parameters`, XMP DigitalSourceType, EXIF Software) and 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
+import subprocess
 
 import numpy as np
 from PIL import Image, PngImagePlugin
@@ -157,3 +159,21 @@ def astronaut() -> Image.Image:
     from skimage import data
 
     return Image.fromarray(data.astronaut())
+
+
+@contextlib.contextmanager
+def tmpfs(mount, options: str = "size=1m"):
+    """A small tmpfs mounted at `mount` for the test's duration (a real full disk, or a read-only
+    file system, without touching the machine's); skips where mounting needs rights we lack."""
+    import pytest
+
+    mount.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], check=True,
+                       capture_output=True, timeout=30)
+    except (OSError, subprocess.CalledProcessError) as e:
+        pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root with CAP_SYS_ADMIN): {e}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)

@@ -22,6 +22,7 @@ from service.inputs import discover_inputs
 from service.score import ScoreOptions, job_header, score_files
 from service.writers import JobState, Progress, read_rows, state_dir
 from tests.conftest import tiny_config
+from tests.media_helpers import tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 SAVE = {"TIFF": {"compression": "tiff_deflate"}}
@@ -156,17 +157,8 @@ def test_an_unwritable_output_is_one_line_and_exit_3(hostile_folder, tiny_checkp
 
 @pytest.fixture
 def read_only_dir(tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount)], check=True,
-                       capture_output=True, timeout=30)
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root with CAP_SYS_ADMIN): {e}")
-    try:
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 def test_a_read_only_file_system_is_one_line_and_exit_3(hostile_folder, tiny_checkpoint, read_only_dir):

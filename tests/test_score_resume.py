@@ -15,6 +15,7 @@ from service.inputs import discover_inputs
 from service.score import ScoreOptions, score_files
 from service.writers import read_rows, state_dir
 from tests.conftest import write_images
+from tests.media_helpers import tmpfs
 
 REPO = Path(__file__).resolve().parents[1]
 N_IMAGES = 300
@@ -111,17 +112,8 @@ def test_other_file_at_out_is_still_refused(folder, tiny_checkpoint, reference, 
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A 1 MiB tmpfs: a real full disk (ENOSPC) without filling the machine's."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True,
-                       capture_output=True, timeout=30)
-    except (OSError, subprocess.CalledProcessError) as e:
-        pytest.skip(f"cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN): {e}")
-    try:
+    with tmpfs(tmp_path / "disk") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=30)
 
 
 def test_full_disk_is_one_line_and_exit_3_then_resumes(folder, tiny_checkpoint, reference, tiny_disk):
