@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from models.core.checkpoint import save_model_dir
-from models.core.config import DetectorConfig, PreprocessConfig
+from models.core.config import AttributionConfig, DetectorConfig, PreprocessConfig
 from models.core.network import build_network
 
 # Two cores: keep each test process from oversubscribing them.
@@ -49,6 +49,34 @@ def tiny_checkpoint(tmp_path_factory):
     cfg = tiny_config()
     folder = tmp_path_factory.mktemp("tiny_ckpt")
     save_model_dir(folder, build_network(cfg), cfg)
+    return folder
+
+
+FAMILIES = ("alpha", "beta", "gamma")
+
+
+def family_config(img_size: int = 32, min_confidence: float = 0.6, **pre) -> DetectorConfig:
+    """A tiny "blocks" detector with a 3-family head (random weights)."""
+    import dataclasses
+
+    return dataclasses.replace(tiny_config(img_size, **pre), model_kwargs=dict(TINY_VIT), head="blocks",
+                               blocks=(0, 1), head_dim=8, threshold=0.45,
+                               attribution=AttributionConfig(FAMILIES, min_confidence=min_confidence))
+
+
+@pytest.fixture(scope="session")
+def family_checkpoint(tmp_path_factory):
+    """A model folder whose network outputs the verdict logit and 3 family logits. The family
+    head's weights are scaled up so random images get confident and unconfident families alike
+    (both `unknown` and named answers occur)."""
+    torch.manual_seed(0)
+    cfg = family_config()
+    model = build_network(cfg)
+    with torch.no_grad():
+        model.family_head.out.weight.normal_(0, 0.3)
+        model.head.out.weight.normal_(0, 1.0)
+    folder = tmp_path_factory.mktemp("family_ckpt")
+    save_model_dir(folder, model, cfg)
     return folder
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 from models.core.atomic import resolve_dir
 from models.core.config import DetectorConfig
 from models.core.lora import merge_lora
-from models.core.network import HEAD_PREFIX, build_network, is_tuned
+from models.core.network import FAMILY_PREFIX, HEAD_PREFIX, build_network, is_tuned
 
 WEIGHTS = "model.safetensors"
 CONFIG = "detector.json"
@@ -30,8 +30,10 @@ TAPS_PREFIX = "taps.vit."
 
 
 def stored(key: str, cfg: DetectorConfig) -> bool:
-    """What a head-only model folder keeps: the head, and the backbone parameters training adapted."""
-    return key.startswith(HEAD_PREFIX) or (key.startswith(TAPS_PREFIX) and is_tuned(key[len(TAPS_PREFIX):], cfg))
+    """What a head-only model folder keeps: the heads, and the backbone parameters training adapted."""
+    if key.startswith((HEAD_PREFIX, FAMILY_PREFIX)):
+        return True
+    return key.startswith(TAPS_PREFIX) and is_tuned(key[len(TAPS_PREFIX):], cfg)
 
 
 def model_state(model: torch.nn.Module, cfg: DetectorConfig) -> dict[str, torch.Tensor]:

@@ -32,6 +32,31 @@ HEADS = ("classifier", "blocks")
 
 
 @dataclass(frozen=True)
+class AttributionConfig:
+    """Which generator family a synthetic picture resembles (models/core/attribution.py).
+
+    `families` name the columns of the family head (none: the model attributes nothing). The
+    open-set rule answers "unknown" when the top family's softmax probability is below
+    `min_confidence`, a value chosen on validation data (training/attribution.py), so a
+    generator the head never saw does not get a confident wrong name.
+    """
+
+    families: tuple[str, ...] = ()
+    min_confidence: float = 0.0
+    temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(set(self.families)) != len(self.families) or "unknown" in self.families:
+            raise ValueError(f"families={self.families!r} must be distinct and not 'unknown'")
+        if self.families and len(self.families) < 2:
+            raise ValueError("a family head needs at least two families")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence={self.min_confidence} must be within [0, 1]")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     img_size: int = 224
     crop_mode: str = "crop"
@@ -105,12 +130,16 @@ class DetectorConfig:
     # Facts recorded at training time: validation metrics, data fingerprint, ...
     metrics: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
+    # The generator-family head beside the verdict logit; it never changes the verdict.
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
     def __post_init__(self) -> None:
         if self.head not in HEADS:
             raise ValueError(f"head={self.head!r} is not one of {HEADS}")
         if self.head == "blocks" and not self.blocks:
             raise ValueError("head='blocks' needs the block indices to tap (blocks=...)")
+        if self.attribution.families and self.head != "blocks":
+            raise ValueError("a family head reads the tapped block tokens: it needs head='blocks'")
         if self.uncertain_band is not None:
             low, high = self.uncertain_band
             if not (0.0 <= low <= self.threshold <= high <= 1.0):
@@ -121,6 +150,11 @@ class DetectorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def outputs(self) -> int:
+        """Columns of the network's output: the verdict logit, then one logit per family."""
+        return 1 + len(self.attribution.families)
 
     @property
     def tunes_backbone(self) -> bool:
@@ -139,11 +173,14 @@ class DetectorConfig:
                 d[key] = tuple(int(b) for b in d[key])
         if d.get("uncertain_band") is not None:
             d["uncertain_band"] = tuple(float(x) for x in d["uncertain_band"])
+        att = dict(d.pop("attribution", None) or {})
+        if "families" in att:
+            att["families"] = tuple(att["families"])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown detector config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(preprocess=PreprocessConfig(**pre), **d)
+        return cls(preprocess=PreprocessConfig(**pre), attribution=AttributionConfig(**att), **d)
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2, sort_keys=True))

@@ -2,7 +2,8 @@
 
 Folder layout: `DATA/real/**` and `DATA/fake/**`; a subfolder directly under `fake/`
 names the generator. Manifest: columns `path` (relative to the manifest's folder),
-`label` (`real`/`fake` or 0/1), optional `source`, `generator`, `split`.
+`label` (`real`/`fake` or 0/1), optional `source`, `generator`, `split`, `family` (generator
+family, for the attribution head), `parent`/`picture` and `view` (which picture and view a file is).
 Without a split column, samples are split deterministically by a hash of their path.
 """
 
@@ -32,6 +33,9 @@ class Sample:
     # Which of the scale policy's views the file is: "resized" (a whole picture shrunk to the
     # training scale), "native" (a crop at the picture's own resolution), "" (not said: resized).
     view: str = ""
+    # Which generator family a fake comes from (a manifest's `family` column); "" means not said,
+    # and training/families.py may infer it from the generator.
+    family: str = ""
 
 
 def hash_split(key: str, val_pct: int = 15, test_pct: int = 15) -> str:
@@ -94,6 +98,7 @@ def _from_manifest(manifest: Path) -> list[Sample]:
                 split=split,
                 picture=picture_id(row, rel, dataset_name(manifest)),
                 view=str(row.get("view") or ("native" if row.get("parent") else "")),
+                family=str(row.get("family") or ""),
             )
         )
     return hold_back_val(samples, manifest)

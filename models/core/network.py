@@ -72,18 +72,40 @@ class BlockHead(nn.Module):
         return self.out(self.drop(nn.functional.gelu(z)))
 
 
-class TapDetector(nn.Module):
-    """Frozen backbone taps + trainable head; state dict keys `taps.vit.*` and `head.*`."""
+class FamilyHead(nn.Module):
+    """B x L x D block tokens -> B x K generator-family logits: a linear probe on every tapped
+    block's layer-normalised token. Attribution lives in low-level traces (which decoder, which
+    upsampler), so it reads all depths, not the verdict head's mixed summary."""
 
-    def __init__(self, taps: BlockTaps, head: BlockHead):
+    def __init__(self, n_blocks: int, dim: int, n_families: int, dropout: float = 0.1):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(n_blocks * dim, n_families)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.out(self.drop(self.norm(tokens.float()).flatten(1)))
+
+
+class TapDetector(nn.Module):
+    """Frozen backbone taps + trainable head (+ the optional family head); state dict keys
+    `taps.vit.*`, `head.*` and `family_head.*`. Output: B x 1 verdict logit, or B x (1 + K) with
+    the family logits after it (one tensor, so every exported runtime carries both)."""
+
+    def __init__(self, taps: BlockTaps, head: BlockHead, family_head: FamilyHead | None = None):
         super().__init__()
         self.taps, self.head = taps, head
+        self.family_head = family_head
         for p in self.taps.parameters():
             p.requires_grad_(False)  # frozen unless build_tap_detector adapts some of it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # B x L x D input is already block tokens (the training loop feeds cached features).
-        return self.head(x if x.dim() == 3 else self.taps(x))
+        tokens = x if x.dim() == 3 else self.taps(x)
+        logit = self.head(tokens)
+        if self.family_head is None:
+            return logit
+        return torch.cat([logit, self.family_head(tokens).to(logit.dtype)], dim=1)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -92,6 +114,7 @@ class TapDetector(nn.Module):
 
 
 HEAD_PREFIX = "head."
+FAMILY_PREFIX = "family_head."
 
 
 def build_backbone(cfg: DetectorConfig, pretrained: bool = False, pretrained_file: str | Path | None = None) -> nn.Module:
@@ -120,7 +143,9 @@ def build_backbone(cfg: DetectorConfig, pretrained: bool = False, pretrained_fil
 
 def build_tap_detector(cfg: DetectorConfig, backbone: nn.Module) -> TapDetector:
     dim = int(getattr(backbone, "embed_dim", 0) or backbone.num_features)
-    detector = TapDetector(BlockTaps(backbone, cfg.blocks), BlockHead(len(cfg.blocks), dim, cfg.head_dim))
+    families = len(cfg.attribution.families)
+    detector = TapDetector(BlockTaps(backbone, cfg.blocks), BlockHead(len(cfg.blocks), dim, cfg.head_dim),
+                           FamilyHead(len(cfg.blocks), dim, families) if families else None)
     if cfg.lora_rank:
         from models.core.lora import add_lora
 

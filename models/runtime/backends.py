@@ -1,6 +1,7 @@
 """Runtimes for detectors, and one `BackendSpec` per runtime that everyone else reads.
 
-A backend maps an N x 3 x S x S float32 batch to N logits: eager PyTorch (checkpoint
+A backend maps an N x 3 x S x S float32 batch to an N x C array of raw outputs (C = 1: the
+verdict logit; a detector with a family head adds one logit per family after it): eager PyTorch (checkpoint
 folders), ONNX Runtime (fp32/int8/fp16), TorchScript and OpenVINO (export folders).
 `SPECS` at the bottom is the single table of what each one is: the artifact it loads, the
 export option that writes it, its precision and parity bound, the devices it runs on and
@@ -79,7 +80,7 @@ class ModuleBackend:
             out = self.model(batch.to(self.device, non_blocking=True))
         finally:
             self.model.train(was_training)
-        return out.float().reshape(-1).cpu().numpy()
+        return out.float().reshape(len(batch), -1).cpu().numpy()
 
 
 def eager_backend(folder: Path, cfg: DetectorConfig, device: str) -> ModuleBackend:
@@ -126,7 +127,7 @@ class OrtBackend:
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].reshape(-1)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0].reshape(len(x), -1)
 
 
 def _spec_artifact(folder: Path, name: str) -> Path:
@@ -169,7 +170,7 @@ class TorchScriptBackend:
     @torch.inference_mode()
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         out = self.module(batch.to(self.device, self.dtype, non_blocking=True))
-        return out.float().reshape(-1).cpu().numpy()
+        return out.float().reshape(len(batch), -1).cpu().numpy()
 
 
 def torchscript_backend(folder: Path, cfg: DetectorConfig, device: str) -> TorchScriptBackend:
@@ -222,7 +223,7 @@ class OpenVinoBackend:
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
         x = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
-        return np.asarray(self.compiled(x)[0]).reshape(-1)
+        return np.asarray(self.compiled(x)[0]).reshape(len(x), -1)
 
 
 def openvino_backend(folder: Path, cfg: DetectorConfig, device: str) -> OpenVinoBackend:

@@ -7,8 +7,9 @@ Consumers call `models.runtime.loader.load_detector`, which also resolves "defau
 shipped detector, exported once) and then opens the folder here. Backends register under a
 name (`eager`, ...); `open_detector(..., backend=name)` builds any of them and an unknown name
 raises with the valid list. A backend only has to turn a normalised float32 batch
-(N x 3 x S x S) into N logits; normalisation of pixel views, view averaging, temperature and
-threshold are applied here, identically for all of them. This module reads export folders
+(N x 3 x S x S) into N x C outputs (the verdict logit, then family logits); normalisation of
+pixel views, view averaging, temperature and threshold are applied here, identically for all
+of them. This module reads export folders
 (their files and metadata.json) but never makes one: export and int8 quantisation import it
 to verify what they wrote, never the other way round.
 """
@@ -24,8 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.core.attribution import aggregate_outputs, score_rows
 from models.core.config import DetectorConfig
-from models.core.preprocess import aggregate_views, calibrated_probability, eval_pixels, normalize_views
+from models.core.preprocess import calibrated_probability, eval_pixels, normalize_views
 from models.core.verdict import is_flagged
 from models.runtime.backends import SPECS, BackendSpec
 from models.runtime.jpeg_decode import device_views
@@ -38,7 +40,8 @@ class Backend(Protocol):
     device: str
 
     def __call__(self, batch: torch.Tensor) -> np.ndarray:
-        """N x 3 x S x S normalised float32 -> N raw logits (float32/64 numpy)."""
+        """N x 3 x S x S normalised float32 -> N x C raw outputs (float32/64 numpy): the verdict
+        logit, then one logit per family when the detector has a family head."""
         ...
 
 
@@ -64,17 +67,23 @@ class Detector:
     backend: Backend
     source: str
 
-    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
-        return np.asarray(self.backend(batch), dtype=np.float64).reshape(-1)
+    def view_outputs(self, batch: torch.Tensor) -> np.ndarray:
+        """N x C raw outputs of N normalised views: the verdict logit, then the family logits."""
+        out = np.asarray(self.backend(batch), dtype=np.float64)
+        return out.reshape(len(batch), -1)
 
-    def logits_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
-        """Per-image raw logits from already-cut views, run as one batch and averaged over each
-        image's views. Each item is one image's views either as pixels (`eval_pixels`:
-        V x S x S x 3 uint8/int16, what the service and the scorer send) or already normalised
-        (`eval_views`: V x 3 x S x S float32). Pixels are normalised here, on the backend's
-        input device, so only a quarter of the bytes cross process and host-device boundaries."""
+    def view_logits(self, batch: torch.Tensor) -> np.ndarray:
+        return self.view_outputs(batch)[:, 0]
+
+    def outputs_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-image raw outputs (N x C) from already-cut views, run as one batch and combined over
+        each image's views (the scale policy). Each item is one image's views either as pixels
+        (`eval_pixels`: V x S x S x 3 uint8/int16, what the service and the scorer send) or already
+        normalised (`eval_views`: V x 3 x S x S float32). Pixels are normalised here, on the
+        backend's input device, so only a quarter of the bytes cross process and host-device
+        boundaries."""
         if not views:
-            return np.zeros(0)
+            return np.zeros((0, self.config.outputs))
         counts = [len(v) for v in views]
         integer = [np.issubdtype(v.dtype, np.integer) for v in views]
         device = getattr(self.backend, "input_device", "cpu")
@@ -89,27 +98,43 @@ class Detector:
             batch = torch.cat([normalize_views(torch.from_numpy(np.array(v)), pre) if is_int
                                else torch.from_numpy(np.asarray(v, dtype=np.float32))
                                for v, is_int in zip(views, integer, strict=True)])
-        return aggregate_views(self.view_logits(batch), counts, self.config.preprocess)
+        return aggregate_outputs(self.view_outputs(batch), counts, self.config)
+
+    def logits_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-image raw verdict logits (column 0 of `outputs_from_views`)."""
+        return self.outputs_from_views(views)[:, 0]
+
+    def scores_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
+        """Per-image score rows (N x C): calibrated probability synthetic, then family probabilities
+        (models/core/attribution.py)."""
+        return score_rows(self.outputs_from_views(views), self.config)
 
     def probabilities_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
-        return calibrated_probability(self.logits_from_views(views), self.config.temperature)
+        return self.scores_from_views(views)[:, 0]
 
-    def probabilities_from_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
-        """Calibrated probabilities of raw JPEG files decoded on the backend's input device
-        (nvJPEG on CUDA: models/runtime/jpeg_decode.py); NaN for a file that does not decode."""
-        out = np.full(len(blobs), np.nan)
+    def scores_from_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
+        """Score rows of raw JPEG files decoded on the backend's input device (nvJPEG on CUDA:
+        models/runtime/jpeg_decode.py); a row of NaN for a file that does not decode."""
+        out = np.full((len(blobs), self.config.outputs), np.nan)
         views = device_views(blobs, self.config.preprocess, getattr(self.backend, "input_device", "cpu"))
         ok = [i for i, v in enumerate(views) if v is not None]
         if ok:
             kept = [views[i] for i in ok]  # uint8 and padded int16 items cat to int16: -1 stays the mark
             batch = normalize_views(torch.cat(kept), self.config.preprocess)
-            logits = aggregate_views(self.view_logits(batch), [len(v) for v in kept], self.config.preprocess)
-            out[ok] = calibrated_probability(logits, self.config.temperature)
+            outputs = aggregate_outputs(self.view_outputs(batch), [len(v) for v in kept], self.config)
+            out[ok] = score_rows(outputs, self.config)
         return out
+
+    def probabilities_from_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
+        return self.scores_from_jpegs(blobs)[:, 0]
 
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw (uncalibrated) per-image logits, combined over each image's views (the scale policy)."""
         return self.logits_from_views([eval_pixels(img, self.config.preprocess) for img in images])
+
+    def scores(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Score rows (N x C) of decoded images: probability synthetic, then family probabilities."""
+        return self.scores_from_views([eval_pixels(img, self.config.preprocess) for img in images])
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Calibrated probability that each image is synthetic."""
@@ -205,10 +230,12 @@ def warm_up(backend: Backend, cfg: DetectorConfig, source: Path) -> None:
             f"backend {backend.name!r} cannot run {source} on a 2 x 3 x {size} x {size} batch "
             f"(img_size from detector.json): {str(e)[:300]}"
         ) from None
-    if out.size != 2 or not np.all(np.isfinite(out)):
+    if out.size != 2 * cfg.outputs or not np.all(np.isfinite(out)):
         raise ValueError(
             f"backend {backend.name!r} on {source} returned {out.shape} (non-finite or wrong count) for a "
-            "batch of 2; the model must output one logit per image: re-run `fakelens export`"
+            f"batch of 2; detector.json says {cfg.outputs} output(s) per image (the verdict logit and "
+            f"{len(cfg.attribution.families)} families): the model file and detector.json come from "
+            "different exports: re-run `fakelens export`"
         )
 
 

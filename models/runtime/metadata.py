@@ -48,8 +48,12 @@ def build_metadata(cfg: DetectorConfig, **export_facts: Any) -> dict[str, Any]:
         "preprocess": cfg.to_dict()["preprocess"],
         "input": {"name": INPUT_NAME, "shape": ["batch", 3, cfg.preprocess.img_size, cfg.preprocess.img_size],
                   "dtype": "float32", "layout": "NCHW, RGB, (x/255 - mean) / std"},
-        "output": {"name": OUTPUT_NAME, "shape": ["batch", 1],
-                   "meaning": "logit; probability synthetic = sigmoid(logit / temperature)"},
+        "output": {"name": OUTPUT_NAME, "shape": ["batch", cfg.outputs],
+                   "meaning": "column 0: logit; probability synthetic = sigmoid(logit / temperature); "
+                              "columns 1..K (when families are listed): family logits, "
+                              "probabilities = softmax(logits / attribution.temperature)",
+                   "families": list(cfg.attribution.families)},
+        "attribution": cfg.to_dict()["attribution"],
         "temperature": cfg.temperature,
         "threshold": cfg.threshold,
         "target_fpr": cfg.target_fpr,

@@ -58,6 +58,8 @@ def parity_batches(img_size: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def run_all(fn: Callable[[torch.Tensor], np.ndarray], batches: list[torch.Tensor]) -> np.ndarray:
+    """Every output column of every batch, flattened: the family logits are held to the same
+    bound as the verdict logit."""
     return np.concatenate([np.asarray(fn(b), dtype=np.float64).reshape(-1) for b in batches])
 
 
