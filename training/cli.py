@@ -120,6 +120,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute activations in backward (timm set_grad_checkpointing): less memory, ~30%% slower; "
                         "meant for big ViTs (BatchNorm models would update their running statistics twice per step)")
+    p.add_argument("--families", choices=("auto", "none"), default=D["families"],
+                   help="'auto': with --head blocks, also fit a generator-family head on the fakes whose family the "
+                        "manifest's family column or their generator names (training/families.py), with an "
+                        "'unknown' answer for families it never saw; 'none': no family head")
     p.add_argument("--patience", type=int, default=D["patience"], help="stop after this many epochs without val AUC gain")
     p.add_argument("--save-every", type=int, default=D["save_every"], help="also write last/ every N optimizer steps")
     p.add_argument("--max-steps", type=int, default=D["max_steps"], help="stop after N optimizer steps (resumable)")

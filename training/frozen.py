@@ -209,6 +209,7 @@ def cached_logits(model: torch.nn.Module, cache: FeatureCache, samples: list[Sam
     with torch.inference_mode():
         for i in range(0, len(kept), batch):
             x = np.stack([cache.get(sample_key(s), 0) for s in kept[i : i + batch]]).astype(np.float32)
-            out.append(model(torch.from_numpy(x).to(device)).float().reshape(-1).cpu().numpy())
+            z = model(torch.from_numpy(x).to(device)).float()
+            out.append(z.reshape(len(x), -1)[:, 0].cpu().numpy())  # column 0: the verdict logit
     logits = np.concatenate(out) if out else np.zeros(0)
     return logits, np.array([s.label for s in kept]), kept

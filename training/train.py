@@ -35,14 +35,17 @@ import numpy as np
 import torch
 
 from models.core.atomic import resolve_dir
-from models.core.checkpoint import CONFIG, WEIGHTS, load_model_dir
+from models.core.checkpoint import CONFIG, WEIGHTS, load_model_dir, save_model_dir
 from models.core.config import DetectorConfig
 from models.core.metrics import roc_auc
+from models.core.preprocess import decode_image, file_view, normalize_views
 from models.runtime.backends import ModuleBackend
 from models.runtime.detector import Detector
 from training import distributed, scale_rule
+from training.attribution import fit_attribution
 from training.calibrate import calibrate
 from training.evaluate import collect_logits
+from training.features import sample_key
 from training.frozen import cached_logits
 from training.loader import WaitClock, timed
 from training.model_prep import grad_sync, is_main_process, set_train_mode, unwrap
@@ -239,6 +242,12 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
     det_cfg, logits, labels, groups = fit_scale_rule(det_cfg, kept, logits, labels)
     # Several sources (several --data, or a manifest's source column): balance the threshold over them.
     calibrated = calibrate(det_cfg, logits, labels, groups if len(set(groups)) > 1 else None)
+    if run.cfg.families == "auto" and calibrated.head == "blocks" and not calibrated.attribution.families:
+        model, calibrated = fit_attribution(model, calibrated, readable_train(run), kept,
+                                            token_reader(run, model), run.cfg.feature_views if run.features else 0,
+                                            run.cfg.seed)
+        if calibrated.attribution.families:
+            save_model_dir(best_dir, model, calibrated)  # the family head joins the weights before the version
     calibrated = dataclasses.replace(
         calibrated,
         version=model_version(best_dir / WEIGHTS),
@@ -250,6 +259,33 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
     log.info("calibrated %s: temperature %.3f, threshold %.3f, val AUC %.4f", best_dir,
              calibrated.temperature, calibrated.threshold, metrics["val_auc"])
     return best_dir, metrics["val_auc"]
+
+
+def token_reader(run: Run, model: torch.nn.Module):
+    """Block tokens of samples for the family head: the feature cache of a frozen backbone, else the
+    model's own (adapted) taps on each file's eval crop."""
+    if run.features is not None:
+        cache = run.features
+        return lambda samples, view: np.stack([cache.get(sample_key(s), view) for s in samples]).astype(np.float32)
+    pre, device, size = run.det_cfg.preprocess, run.device, run.cfg.val_batch_size
+
+    @torch.inference_mode()
+    def through_model(samples: list, view: int) -> np.ndarray:
+        out = []
+        for i in range(0, len(samples), size):
+            x = np.stack([file_view(decode_image(s.path)[0], pre) for s in samples[i : i + size]])
+            out.append(model.taps(normalize_views(torch.from_numpy(x), pre).to(device)).float().cpu().numpy())
+        return np.concatenate(out)
+
+    return through_model
+
+
+def readable_train(run: Run) -> list:
+    """The train samples whose files decoded (the cache's or the loop's record of unreadable ones)."""
+    samples = list(run.dataset.samples)
+    if run.features is not None:
+        return [s for s in samples if sample_key(s) not in run.features.errors]
+    return [s for s in samples if s.path not in run.bad_files]
 
 
 def fit_scale_rule(det_cfg: DetectorConfig, val: list, logits: np.ndarray, labels: np.ndarray):

@@ -83,6 +83,9 @@ class TrainConfig:
     downscale_prob: float = 0.0
     noise_prob: float = 0.0
     hflip: bool = True
+    # "auto": after the verdict head, fit a generator-family head (training/attribution.py) when the
+    # data names at least two families and the head is "blocks"; "none": no family head.
+    families: str = "auto"
     seed: int = 0
     workers: int = 0
     prefetch_factor: int = 2
@@ -120,6 +123,7 @@ class TrainConfig:
             (not (self.pretrained_file and self.pretrained), "use either --pretrained or --pretrained-file, not both"),
             (self.head in HEADS, f"--head {self.head!r}: choose one of {HEADS}"),
             (self.balance in BALANCES, f"--balance {self.balance!r}: choose one of {BALANCES}"),
+            (self.families in ("auto", "none"), f"--families {self.families!r}: choose 'auto' or 'none'"),
             (self.lora_rank >= 0, f"--lora-rank {self.lora_rank}: must be >= 0"),
             (not ((self.lora_rank or self.tune_blocks) and self.head != "blocks"),
              "--lora-rank/--tune-blocks adapt the backbone under --head blocks; add --head blocks"),
