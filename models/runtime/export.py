@@ -170,7 +170,7 @@ def check_parity(folder: Path, cfg: DetectorConfig, model: torch.nn.Module, name
         except Exception as e:  # a runtime that cannot even run the graph fails parity
             results.append(ParityResult(name, float("inf"), float("inf"), 0.0, "run", False, str(e)[:300]))
             continue
-        results.append(compare(name, reference, candidate, cfg.temperature))
+        results.append(compare(name, reference, candidate, cfg.temperature, cfg.attribution.temperature))
     return results
 
 

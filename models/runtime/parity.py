@@ -58,17 +58,29 @@ def parity_batches(img_size: int, seed: int = 0) -> list[torch.Tensor]:
 
 
 def run_all(fn: Callable[[torch.Tensor], np.ndarray], batches: list[torch.Tensor]) -> np.ndarray:
-    """Every output column of every batch, flattened: the family logits are held to the same
-    bound as the verdict logit."""
-    return np.concatenate([np.asarray(fn(b), dtype=np.float64).reshape(-1) for b in batches])
+    """Every output column of every batch: N x C (the verdict logit, then any family logits)."""
+    return np.concatenate([np.asarray(fn(b), dtype=np.float64).reshape(len(b), -1) for b in batches])
 
 
-def compare(name: str, reference: np.ndarray, candidate: np.ndarray, temperature: float) -> ParityResult:
+def probabilities(outputs: np.ndarray, temperature: float, family_temperature: float) -> np.ndarray:
+    """What the answers are made of: the calibrated verdict probability, then the family softmax."""
+    p = calibrated_probability(outputs[:, :1], temperature)
+    if outputs.shape[1] == 1:
+        return p
+    z = outputs[:, 1:] / family_temperature
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return np.concatenate([p, e / e.sum(axis=1, keepdims=True)], axis=1)
+
+
+def compare(name: str, reference: np.ndarray, candidate: np.ndarray, temperature: float,
+            family_temperature: float = 1.0) -> ParityResult:
+    """Every column's logit, and every probability an answer reports (verdict and families), held
+    to the runtime's bound."""
     if candidate.shape != reference.shape:
         return ParityResult(name, float("inf"), float("inf"), 0.0, "shape", False)
     dlogit = float(np.max(np.abs(candidate - reference))) if candidate.size else 0.0
-    dprob = float(np.max(np.abs(calibrated_probability(candidate, temperature)
-                                - calibrated_probability(reference, temperature))))
+    dprob = float(np.max(np.abs(probabilities(candidate, temperature, family_temperature)
+                                - probabilities(reference, temperature, family_temperature))))
     if not np.all(np.isfinite(candidate)):
         dlogit = dprob = float("inf")
     spec_bound = SPECS[name].prob_bound if name in SPECS else None
