@@ -71,15 +71,15 @@ def inspect_file(path: str, detector, faces: bool = False, sampling=None, aggreg
     data = Path(path).read_bytes()
     if is_video_path(path):
         item = evidence.plan_video(data, cfg, sampling or Sampling(), VideoLimits(), faces)
-        probs = detector.probabilities_from_views(item.views)
-        return evidence.answer_video(item, probs, cfg, _local(detector), aggregate, faces)
+        rows = detector.scores_from_views(item.views)
+        return evidence.answer_video(item, rows, cfg, _local(detector), aggregate, faces)
     if faces:
         item = evidence.plan_face_mode(data, cfg, Limits())
-        return evidence.answer_face_mode(item, detector.probabilities_from_views(item.plan.views), cfg,
+        return evidence.answer_face_mode(item, detector.scores_from_views(item.plan.views), cfg,
                                          _local(detector))
     item = prepare_upload(data, cfg, Limits())  # a local file is as large as it is; pixels are still limited
-    [score] = detector.probabilities_from_views([item.views])
-    return verdict(score, item.facts, cfg, _local(detector), item.provenance)
+    [row] = detector.scores_from_views([item.views])
+    return verdict(row, item.facts, cfg, _local(detector), item.provenance)
 
 
 def explain_file(path: str, detector, grid: int) -> tuple[dict, object]:
@@ -93,7 +93,7 @@ def explain_file(path: str, detector, grid: int) -> tuple[dict, object]:
 
     cfg = detector.config
     item = evidence.plan_explain(Path(path).read_bytes(), cfg, Limits(), grid)
-    base = detector.view_logits(torch.from_numpy(item.views))
+    base = detector.view_outputs(torch.from_numpy(item.views))  # verdict and family outputs
     occluded = np.concatenate([detector.view_logits(torch.from_numpy(item.occluded[i : i + 32]))
                                for i in range(0, len(item.occluded), 32)])
     answer, heat = evidence.answer_explain(item, base, occluded, cfg, _local(detector), with_overlay=False)

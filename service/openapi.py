@@ -42,11 +42,18 @@ ERROR = {
 VERDICT = {
     "type": "object",
     "title": "Verdict",
-    "required": ["label", "score", "threshold", "uncertain_band", "model", "image"],
+    "required": ["label", "score", "family", "family_score", "threshold", "uncertain_band", "model", "image"],
     "properties": {
         "label": {"type": "string", "enum": ["real", "uncertain", "synthetic"]},
         "score": {"type": "number", "minimum": 0, "maximum": 1,
                   "description": "calibrated probability that the image is synthetic"},
+        # OpenAPI 3.0 (BentoML's document): `nullable`, not a type list
+        "family": {"type": "string", "nullable": True,
+                   "description": "the generator family the picture resembles: null when the label is real or "
+                                  "the model has no family head; \"unknown\" when it looks synthetic but no "
+                                  "family reaches the model's min_confidence (open set). Never changes the label"},
+        "family_score": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True,
+                         "description": "the top family's probability (also for \"unknown\"); null with family"},
         "threshold": {"type": "number"},
         "uncertain_band": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
         "model": {"type": "object"},

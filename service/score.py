@@ -34,7 +34,8 @@ from PIL import Image
 from models.core.config import DetectorConfig
 from models.core.preprocess import DEFAULT_MAX_PIXELS, ImageError, eval_views
 from models.core.verdict import decide
-from models.evidence.faces import FacePlan, plan_faces, summarize
+from models.evidence.faces import FacePlan, plan_faces
+from models.evidence.families import face_summary, family_fields, video_summary
 from models.evidence.provenance import read_provenance
 from models.evidence.video import (
     AGGREGATES,
@@ -44,7 +45,6 @@ from models.evidence.video import (
     frame_plans,
     is_video_path,
     sample_frames,
-    summarize_video,
 )
 from models.runtime.jpeg_decode import prepare_raw, undecodable
 from models.runtime.prepare import Limits, decode, prepare
@@ -236,16 +236,20 @@ def _prepare_video(path: str, data: bytes, cfg: DetectorConfig, evidence: Eviden
                     faces=evidence.faces)
 
 
-def _scored(it: Prepared, probs: np.ndarray, cfg, aggregate: str) -> tuple[float, dict | None]:
-    """(score, detail) of one input from the probabilities of its views."""
+Scored = tuple[float, list[float], dict | None]  # (score, family row, detail) of one input
+
+
+def _scored(it: Prepared, rows: np.ndarray, cfg, aggregate: str) -> Scored:
+    """(score, family row, detail) of one input from the score rows of its views (service/evidence.py:
+    the family of the max face in face mode, of the mean family probabilities for a video)."""
     if it.video is not None:
-        summary = summarize_video(*it.video, it.plans, probs, cfg, aggregate, faces=it.faces)
-        return summary["score"], {k: summary[k] for k in ("aggregate", "mean", "max", "share_flagged",
-                                                          "frames_scored", "video", "timeline")}
+        summary, family_row = video_summary(*it.video, it.plans, rows, cfg, aggregate, faces=it.faces)
+        return summary["score"], family_row, {k: summary[k] for k in ("aggregate", "mean", "max", "share_flagged",
+                                                                      "frames_scored", "video", "timeline")}
     if it.plans is not None:
-        faces = summarize(it.plans[0], probs, cfg)
-        return faces["score"], {k: v for k, v in faces.items() if k != "score"}
-    return float(probs[0]), None
+        faces, worst = face_summary(it.plans[0], rows, cfg)
+        return faces["score"], list(worst), {k: v for k, v in faces.items() if k != "score"}
+    return float(rows[0, 0]), list(rows[0]), None
 
 
 def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean") -> list[dict[str, Any]]:
@@ -254,13 +258,13 @@ def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean")
     items, scored_raw = _device_scored(detector, items)
     ok = [it for it in items if it.error is None and it.jpeg is None]
     counts = [len(it.all_views()) for it in ok]
-    probs = detector.probabilities_from_views([v for it in ok for v in it.all_views()])
+    scores = detector.scores_from_views([v for it in ok for v in it.all_views()])
     offsets = np.cumsum([0, *counts])
-    scored = {id(it): _scored(it, probs[offsets[i] : offsets[i + 1]], cfg, aggregate) for i, it in enumerate(ok)}
+    scored = {id(it): _scored(it, scores[offsets[i] : offsets[i + 1]], cfg, aggregate) for i, it in enumerate(ok)}
     scored.update(scored_raw)
     rows = []
     for it in items:
-        score, detail = scored.get(id(it), (None, None))
+        score, family_row, detail = scored.get(id(it), (None, None, None))
         label, reason = (None, None)
         if score is not None or (it.provenance or {}).get("declared_ai"):
             label, reason = decide(score, cfg, it.provenance)
@@ -278,25 +282,28 @@ def score_prepared(detector, items: Sequence[Prepared], aggregate: str = "mean")
                 reason=reason,
                 provenance=it.provenance,  # objects here; JSON text only in CSV and Parquet (service/writers.py)
                 detail=detail,
+                # attributed on the final label: null for real, for error rows and without a family head
+                **family_fields(label, family_row, cfg),
             )
         )
     return rows
 
 
-def _device_scored(detector, items: Sequence[Prepared]) -> tuple[list[Prepared], dict[int, tuple[float, None]]]:
+def _device_scored(detector, items: Sequence[Prepared]) -> tuple[list[Prepared], dict[int, Scored]]:
     """Score the items sent as JPEG bytes in one batch on the model's device: (items, with a file the
-    device could not decode turned into the error row the workers would give; {id: (score, None)})."""
+    device could not decode turned into the error row the workers would give; {id: (score, row, None)})."""
     from dataclasses import replace
 
     raw = [it for it in items if it.error is None and it.jpeg is not None]
     if not raw:
         return list(items), {}
-    probs = detector.probabilities_from_jpegs([it.jpeg for it in raw])
-    bad = {id(it) for it, p in zip(raw, probs, strict=True) if np.isnan(p)}
+    scores = detector.scores_from_jpegs([it.jpeg for it in raw])
+    bad = {id(it) for it, row in zip(raw, scores, strict=True) if np.isnan(row[0])}
     err = undecodable()
     error = f"{err.kind}: {err}"  # the row a worker's decode would have written
     items = [replace(it, jpeg=None, error=error, width=None, height=None) if id(it) in bad else it for it in items]
-    return items, {id(it): (float(p), None) for it, p in zip(raw, probs, strict=True) if id(it) not in bad}
+    return items, {id(it): (float(row[0]), list(row), None) for it, row in zip(raw, scores, strict=True)
+                   if id(it) not in bad}
 
 
 def add_heatmaps(detector, items: Sequence[Prepared], rows: list[dict[str, Any]], folder: Path, grid: int) -> None:

@@ -7,7 +7,8 @@ Two BentoML services in one bento:
   /explain adds an occlusion heatmap, /detect_video scores sampled frames (service/evidence.py).
 - `DetectorModel` (internal, GPU when present): loads the model once through
   `models.runtime.loader.load_detector`, warms it up, and exposes one adaptive-batching method,
-  `score(views: list[array]) -> list[probability]`. BentoML merges concurrent calls into
+  `score(views: list[array]) -> list[score row]` (the calibrated probability synthetic, then the
+  family probabilities when the model has a family head). BentoML merges concurrent calls into
   one model call; the batch sizes run land in the `fakelens_model_batch_size` histogram.
   Views cross the process hop as uint8 pixels (0.15 MB per 224 view, not 0.6 MB as
   float32) and are normalised in the model process, on its device (models/core/preprocess.py).
@@ -166,29 +167,36 @@ class DetectorModel:
         max_batch_size=max(2, SETTINGS.max_batch_size),
         max_latency_ms=SETTINGS.max_latency_ms,
     )
-    def score(self, views: list[np.ndarray]) -> list[float]:
-        """Each item is one image's views as V x S x S x 3 pixels; returns calibrated probabilities."""
+    def score(self, views: list[np.ndarray]) -> list[list[float]]:
+        """Each item is one image's views as V x S x S x 3 pixels; returns its score row (calibrated
+        probability synthetic, then the family probabilities)."""
         BATCH_SIZE.observe(len(views))
         with BATCH_SECONDS.time():
-            return self.detector.probabilities_from_views(views).tolist()
+            return self.detector.scores_from_views(views).tolist()
 
     @bentoml.api(
         batchable=SETTINGS.batching,
         max_batch_size=max(2, SETTINGS.max_batch_size),
         max_latency_ms=SETTINGS.max_latency_ms,
     )
-    def score_jpeg(self, jpegs: list[bytes]) -> list[float]:
-        """Each item is one JPEG file; decoded here, on the model's device. -1: it did not decode
-        (not NaN, which a JSON hop would turn into null)."""
+    def score_jpeg(self, jpegs: list[bytes]) -> list[list[float]]:
+        """Each item is one JPEG file, decoded here, on the model's device; returns its score row. A row
+        of -1: it did not decode (not NaN, which a JSON hop would turn into null)."""
         BATCH_SIZE.observe(len(jpegs))
         DEVICE_DECODED.inc(len(jpegs))
         with BATCH_SECONDS.time():
-            return np.nan_to_num(self.detector.probabilities_from_jpegs(jpegs), nan=NOT_DECODED).tolist()
+            return np.nan_to_num(self.detector.scores_from_jpegs(jpegs), nan=NOT_DECODED).tolist()
 
     @bentoml.api
     def view_logits(self, views: np.ndarray) -> list[float]:
         """Raw logits of N x 3 x S x S views, one per view (the /explain occlusion batches)."""
         return self.detector.view_logits(torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32))).tolist()
+
+    @bentoml.api
+    def view_outputs(self, views: np.ndarray) -> list[list[float]]:
+        """Raw outputs of N x 3 x S x S views, one row per view: the verdict logit, then the family
+        logits (/explain's unoccluded views: their family)."""
+        return self.detector.view_outputs(torch.from_numpy(np.ascontiguousarray(views, dtype=np.float32))).tolist()
 
     @bentoml.api
     def describe(self) -> dict:
@@ -236,8 +244,8 @@ class Detector:
         # one worker-thread hop per upload: read the spooled file and cut its views in the same call
         return await anyio.to_thread.run_sync(read_and_prepare, upload, cfg, self.raw_jpeg)
 
-    async def scores(self, items: list[Prepared]) -> list[float | ServiceError]:
-        """Each item's probability: views to `score`, JPEG bytes to `score_jpeg` (a ServiceError
+    async def scores(self, items: list[Prepared]) -> list[list[float] | ServiceError]:
+        """Each item's score row: views to `score`, JPEG bytes to `score_jpeg` (a ServiceError
         for a JPEG the model process could not decode)."""
         raw = [i for i, p in enumerate(items) if p.jpeg is not None]
         cut = [i for i, p in enumerate(items) if p.jpeg is None]
@@ -245,9 +253,9 @@ class Detector:
             self.call_model(self.model.to_async.score, [items[i].views for i in cut]) if cut else _nothing(),
             self.call_model(self.model.to_async.score_jpeg, [items[i].jpeg for i in raw]) if raw else _nothing(),
         )
-        out: list[float | ServiceError] = [0.0] * len(items)
-        for index, value in zip(cut + raw, [*parts[0], *parts[1]], strict=True):
-            out[index] = from_image_error(undecodable()) if value == NOT_DECODED else value
+        out: list[list[float] | ServiceError] = [[0.0]] * len(items)
+        for index, row in zip(cut + raw, [*parts[0], *parts[1]], strict=True):
+            out[index] = from_image_error(undecodable()) if row[0] == NOT_DECODED else row
         return out
 
     async def call_model(self, method, payload):
@@ -321,21 +329,21 @@ class Detector:
         outcomes = await gather_items(self.upload(p, evidence.plan_face_mode, LIMITS) for p in images)
         planned = [o[1] for o in outcomes if not isinstance(o, ServiceError)]
         # every face crop of every image in one stream of batched model calls
-        probs = iter(await self.score_views([v for item in planned for v in item.plan.views]))
+        rows = iter(await self.score_views([v for item in planned for v in item.plan.views]))
         results = []
         for o in outcomes:
             if isinstance(o, ServiceError):
                 results.append(item_error(o))
                 continue
             cfg, item = o
-            scores = [next(probs) for _ in item.plan.views]
+            scores = [next(rows) for _ in item.plan.views]
             results.append(evidence.answer_face_mode(item, scores, cfg, self.model_info))
         return results
 
     # ---- evidence: face mode, heatmaps, video (logic in models/, glue in service/evidence.py) ----
 
-    async def score_views(self, views: list[np.ndarray]) -> list[float]:
-        """Probabilities of many view arrays, sent in chunks the model's batcher accepts."""
+    async def score_views(self, views: list[np.ndarray]) -> list[list[float]]:
+        """Score rows of many view arrays, sent in chunks the model's batcher accepts."""
         size = SETTINGS.max_batch_size
         chunks = [views[i : i + size] for i in range(0, len(views), size)]
         parts = await asyncio.gather(*(self.scores([Prepared(views=v, facts=None) for v in c]) for c in chunks))
@@ -349,10 +357,10 @@ class Detector:
         start = time.perf_counter()
         try:
             cfg, item = await self.upload(image, evidence.plan_face_mode, LIMITS)
-            probs = await self.score_views(item.plan.views)
+            rows = await self.score_views(item.plan.views)
         except ServiceError as err:
             return error_response(err)
-        out = evidence.answer_face_mode(item, probs, cfg, self.model_info)
+        out = evidence.answer_face_mode(item, rows, cfg, self.model_info)
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return out
 
@@ -363,15 +371,16 @@ class Detector:
         try:
             [upload] = uploads("image")
             cfg, item = await self.upload(upload, evidence.plan_explain, LIMITS, grid)
-            views = np.concatenate([item.views, item.occluded])
             size = SETTINGS.max_batch_size
-            parts = await asyncio.gather(*(self.call_model(self.model.to_async.view_logits, views[i : i + size])
-                                           for i in range(0, len(views), size)))
+            # the unoccluded views with all their outputs (verdict and family), the occluded ones' logits
+            base, *parts = await asyncio.gather(
+                self.call_model(self.model.to_async.view_outputs, item.views),
+                *(self.call_model(self.model.to_async.view_logits, item.occluded[i : i + size])
+                  for i in range(0, len(item.occluded), size)))
         except ServiceError as err:
             return error_response(err)
         logits = np.concatenate([np.asarray(p, dtype=np.float64) for p in parts])
-        n = len(item.views)
-        out, _ = evidence.answer_explain(item, logits[:n], logits[n:], cfg, self.model_info, overlay)
+        out, _ = evidence.answer_explain(item, base, logits, cfg, self.model_info, overlay)
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return out
 
@@ -386,10 +395,10 @@ class Detector:
             sampling = Sampling(frames=frames, per_second=per_second or None, keyframes=keyframes)
             [upload] = uploads("video")
             cfg, item = await self.upload(upload, evidence.plan_video, sampling, limits, faces)
-            probs = await self.score_views(item.views)
+            rows = await self.score_views(item.views)
         except ServiceError as err:
             return error_response(err)
-        out = evidence.answer_video(item, probs, cfg, self.model_info, aggregate, faces)
+        out = evidence.answer_video(item, rows, cfg, self.model_info, aggregate, faces)
         out["elapsed_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return out
 

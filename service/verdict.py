@@ -1,4 +1,10 @@
-"""Turn one image's decode facts and calibrated probability into the JSON the API answers.
+"""Turn one image's decode facts and score row into the JSON the API answers.
+
+A score row is [calibrated probability synthetic, family probabilities...] (models/core/
+attribution.py); a bare probability is a row without families. The answer carries the verdict
+(`label`, `score`) and, beside it, `family` and `family_score` (models/evidence/families.py:
+attributed on the final label; null for `real`, "unknown" when the open-set rule fires).
+Attribution never changes the verdict.
 
 Also holds `prepare_upload`: models.runtime.prepare.prepare (the one decode-and-cut path, shared
 with `fakelens score`) with bad input mapped to the HTTP error for it.
@@ -6,9 +12,12 @@ with `fakelens score`) with bad input mapped to the HTTP error for it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from models.core.config import DetectorConfig
 from models.core.preprocess import ImageError, ImageFacts
 from models.core.verdict import decide, describe
+from models.evidence.families import as_row, family_fields
 from models.runtime.prepare import Limits, Prepared, decode, prepare
 from service.errors import ServiceError, from_image_error
 
@@ -46,14 +55,17 @@ def image_facts(facts: ImageFacts) -> dict:
     return out
 
 
-def verdict(probability: float, facts: ImageFacts, cfg: DetectorConfig, model: dict,
+def verdict(row: float | Sequence[float], facts: ImageFacts, cfg: DetectorConfig, model: dict,
             provenance: dict | None = None) -> dict:
-    score = float(probability)
+    """The answer for one picture from its score row (or bare probability)."""
+    row = as_row(row)
+    score = row[0]
     label, reason = decide(score, cfg, provenance)
     out = {
         "label": label,
         "reason": reason,  # "model", or "declared" when the file's own metadata declares generative AI
         "score": score,
+        **family_fields(label, row, cfg),  # attributed on the final label: null for real
         **describe(cfg),
         "model": model,
         "image": image_facts(facts),

@@ -1,12 +1,18 @@
 """Score output (JSONL, CSV or Parquet, chosen by OUT's extension) and crash-safe resume state.
 
 One row per input: path, score, label, threshold, model, model_version, width, height,
-error, reason ("model" or "declared"), provenance (the file's provenance block) and detail
-(the faces, the video timeline or the heatmap when those modes ran). In JSONL these two are
+error, reason ("model" or "declared"), provenance (the file's provenance block), detail
+(the faces, the video timeline or the heatmap when those modes ran), family and family_score
+(the generator family, models/evidence/families.py: empty for real and error rows and for a
+model without a family head, "unknown" when the open-set rule fires). In JSONL these two are
 JSON objects; CSV cells and Parquet columns hold them as JSON text (a Parquet struct would need
 one schema for every provenance block and detail kind, which they do not share). `read_rows`
 gives objects whatever the format, and also reads JSONL written before they were objects
-(text inside JSON), so a job started by an older fakelens resumes. A job writing OUT keeps its state in `OUT.partial/`:
+(text inside JSON), so a job started by an older fakelens resumes. The same holds for a job
+started before the family columns existed (LEGACY_COLUMNS): its new rows carry them, and when
+the job completes OUT is rewritten once so that every row does (JSONL rows and CSV cells of the
+old rows get null/empty; `OUT.partial/legacy-columns` marks such a job, so a kill after that
+rewrite is recognised on the rerun); Parquet parts of the old schema are merged with null families. A job writing OUT keeps its state in `OUT.partial/`:
 
 - `job.json`: what the job is (model name/version, input fingerprint, format, filter);
   a rerun with a different model or input list is refused unless --overwrite.
@@ -40,7 +46,10 @@ from typing import Any
 from models.core.atomic import atomic_write, atomic_write_text
 
 COLUMNS = ("path", "score", "label", "threshold", "model", "model_version", "width", "height", "error",
-           "reason", "provenance", "detail")
+           "reason", "provenance", "detail", "family", "family_score")
+# The columns before the family head (kept last, so an old CSV header is a prefix of the new one)
+LEGACY_COLUMNS = COLUMNS[:12]
+LEGACY_MARK = "legacy-columns"  # in OUT.partial/: this job's OUT was started without the family columns
 JSON_COLUMNS = ("provenance", "detail")  # objects in rows and JSONL; JSON text in CSV and Parquet
 FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 STATE_SUFFIX = ".partial"
@@ -74,6 +83,8 @@ def arrow_schema():
             ("reason", pa.string()),
             ("provenance", pa.string()),
             ("detail", pa.string()),
+            ("family", pa.string()),
+            ("family_score", pa.float64()),
         ]
     )
 
@@ -112,10 +123,11 @@ def _encode(rows: list[dict[str, Any]], fmt: str, header: bool = False) -> bytes
     return buf.getvalue().encode()
 
 
-def _decode_csv_value(column: str, text: str) -> Any:
-    if text == "" and column in ("score", "label", "width", "height", "error", "reason", "provenance", "detail"):
-        return None
-    if column in ("score", "threshold"):
+def _decode_csv_value(column: str, text: str | None) -> Any:
+    if text is None or (text == "" and column in ("score", "label", "width", "height", "error", "reason",
+                                                  "provenance", "detail", "family", "family_score")):
+        return None  # None: a short row of a job started before the family columns
+    if column in ("score", "threshold", "family_score"):
         return float(text)
     if column in ("width", "height"):
         return int(text)
@@ -124,8 +136,8 @@ def _decode_csv_value(column: str, text: str) -> Any:
 
 def read_rows(out: Path) -> list[dict[str, Any]]:
     """All rows of a finished output file, typed as written, provenance and detail as objects (for
-    tests, reports and merges)."""
-    return [as_objects(r) for r in _read_raw(Path(out))]
+    tests, reports and merges); a column an older fakelens did not write (family) reads as None."""
+    return [as_objects({**dict.fromkeys(COLUMNS), **r}) for r in _read_raw(Path(out))]
 
 
 def _read_raw(out: Path) -> list[dict[str, Any]]:
@@ -155,11 +167,58 @@ def write_table(table, out: Path) -> None:
 # ---- sinks: append committed batches ----------------------------------------------------
 
 
-class TextSink:
-    """JSONL/CSV appended in place; `position` is the committed byte length."""
+def _first_line(out: Path) -> bytes:
+    with open(out, "rb") as f:
+        return f.readline()
 
-    def __init__(self, out: Path, fmt: str, position: int):
-        self.fmt = fmt
+
+def _is_legacy(fmt: str, first: bytes) -> bool:
+    """Whether OUT's first line (CSV header, first JSONL row) was written without the family columns."""
+    if fmt == "csv":
+        return first.rstrip(b"\r\n") == ",".join(LEGACY_COLUMNS).encode()
+    try:
+        return "family" not in json.loads(first)
+    except ValueError:
+        return False
+
+
+def _upgrade(out: Path, fmt: str) -> None:
+    """Rewrite a complete OUT started without the family columns so every row has them (atomically)."""
+    text = out.read_text(encoding="utf-8")
+    if fmt == "csv":
+        rows = list(csv.reader(io.StringIO(text)))
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows([r + [""] * (len(COLUMNS) - len(r)) for r in rows[1:]])
+        data = buf.getvalue()
+    else:
+        data = "".join(json.dumps({**dict.fromkeys(COLUMNS), **json.loads(line)}, ensure_ascii=False) + "\n"
+                       for line in text.splitlines() if line)
+    atomic_write(out, lambda tmp: Path(tmp).write_text(data, encoding="utf-8"))
+
+
+class TextSink:
+    """JSONL/CSV appended in place; `position` is the committed byte length.
+
+    OUT started by an older fakelens (LEGACY_COLUMNS: no family) gets rows with every column
+    appended (the old CSV header is a prefix of the new one) and is rewritten with the family
+    columns on every row by `finish`; `state` (OUT.partial/) keeps the mark that says so."""
+
+    def __init__(self, out: Path, fmt: str, position: int, state: Path | None = None):
+        self.out, self.fmt = out, fmt
+        self.legacy = self.upgraded = False
+        mark = state / LEGACY_MARK if state is not None else None
+        if position > 0 and out.exists():
+            legacy = _is_legacy(fmt, _first_line(out))
+            if mark is not None and mark.exists() and not legacy:
+                # finish() already rewrote this complete legacy job; only the state's removal was lost
+                self.upgraded = True
+                self.file = open(out, "rb")  # noqa: SIM115 (closed in close())
+                return
+            if legacy and mark is not None:
+                atomic_write_text(mark, "OUT was started without the family columns; finish() adds them\n")
+                self.legacy = True
         size = out.stat().st_size if out.exists() else 0
         if size < position:
             raise ValueError(
@@ -173,6 +232,10 @@ class TextSink:
             self.file.write(_encode([], fmt, header=True))
 
     def write(self, rows: list[dict[str, Any]]) -> int:
+        if self.upgraded:
+            if rows:
+                raise ValueError(f"{self.out} is complete; pass --overwrite to start over")
+            return self.file.seek(0, os.SEEK_END)
         if rows:
             self.file.write(_encode(rows, self.fmt))
         self.file.flush()
@@ -181,6 +244,9 @@ class TextSink:
 
     def finish(self) -> None:
         self.close()
+        if self.legacy:
+            _upgrade(self.out, self.fmt)
+            self.legacy = False
 
     def close(self) -> None:
         if not self.file.closed:
@@ -231,7 +297,7 @@ def open_sink(out: Path, position: int) -> TextSink | ParquetSink:
     fmt = output_format(out)
     if fmt == "parquet":
         return ParquetSink(out, state_dir(out) / "parts", position)
-    return TextSink(out, fmt, position)
+    return TextSink(out, fmt, position, state_dir(out))
 
 
 # ---- job state ----------------------------------------------------------------------------

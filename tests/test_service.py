@@ -132,6 +132,7 @@ def test_detect_returns_verdict(http):
     assert body["label"] == ("synthetic" if body["score"] >= body["threshold"] else "real")
     assert body["model"]["name"] == "fakelens-detector" and body["model"]["backend"] == "eager"
     assert body["image"] == {"format": "JPEG", "width": 80, "height": 60, "frames": 1}
+    assert body["family"] is None and body["family_score"] is None  # the tiny model has no family head
 
 
 @pytest.mark.parametrize("name", list(BAD_FILES))

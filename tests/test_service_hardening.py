@@ -116,7 +116,7 @@ def test_unknown_paths_create_no_metric_series(server, http):
     labels = endpoint_labels(http.get("/metrics").text)
     assert labels <= {"/detect", "/detect_batch", "/readyz", "/livez", "/healthz", "/docs.json", "/",
                       "/other", "/describe", "/score", "/score_jpeg",  # the model process's own methods
-                      "/explain", "/detect_video", "/view_logits"}, labels  # the evidence routes (docs/evidence.md)
+                      "/explain", "/detect_video", "/view_logits", "/view_outputs"}, labels  # the evidence routes (docs/evidence.md)
     assert "/other" in labels
 
 
