@@ -44,6 +44,8 @@ function frame(f, i) {
     keyframe: Boolean(f.keyframe),
     score: num(f.score),
     label: f.label ?? null,
+    family: f.family ?? null,
+    familyScore: num(f.family_score),
   };
 }
 
@@ -75,7 +77,8 @@ export function heatFromExplain(body) {
 
 /**
  * An API answer (/detect, /detect_video, /explain or a /detect_batch item) -> what a card shows.
- * Shapes: service/verdict.py (label, score, threshold, uncertain_band, model, image), models/evidence/
+ * Shapes: service/verdict.py (label, score, family, family_score, threshold, uncertain_band, model, image),
+ * models/evidence/families.py (family on every verdict, face and frame), models/evidence/
  * provenance.py (provenance), models/evidence/faces.py (faces: {faces: [...], face_found, note}),
  * models/evidence/explain.py (heatmap), models/evidence/video.py (video, timeline, mean/max/share_flagged).
  */
@@ -91,6 +94,10 @@ export function fromAnswer(a) {
   return {
     label: a.label ?? null, // synthetic | real | uncertain, decided by the server (models/core/verdict.py)
     score: num(a.score),
+    // the generator family (models/core/attribution.py): null when real or without a family head,
+    // "unknown" when the picture looks synthetic but like none of the families the model knows
+    family: a.family ?? null,
+    familyScore: num(a.family_score),
     threshold,
     band,
     reason: a.reason ?? null, // "declared" when the file's own provenance made it synthetic, else "model"
@@ -102,6 +109,7 @@ export function fromAnswer(a) {
     elapsedMs: num(a.elapsed_ms),
     provenance: a.provenance && typeof a.provenance === "object" ? a.provenance : null,
     faces: faces.map((f) => ({ box: box(f), score: num(f.score), label: f.label ?? null,
+                               family: f.family ?? null, familyScore: num(f.family_score),
                                confidence: num(f.confidence) })).filter((f) => f.box),
     // face mode with no face: the whole image was scored and the answer says so
     facesNote: faceMode && faceMode.face_found === false

@@ -31,7 +31,8 @@ export function drawFaces(card, v) {
   }
   v.faces.forEach((f, i) => {
     const li = document.createElement("li");
-    li.textContent = `Face ${i + 1}: score ${fmt(f.score)}${f.label ? ` (${f.label})` : ""}`;
+    li.textContent = `Face ${i + 1}: score ${fmt(f.score)}${f.label ? ` (${f.label})` : ""}` +
+      (f.family ? `, family ${f.family}` : "");
     list.append(li);
     if (!width || !height) return;
     const [x, y, w, h] = f.box;

@@ -3,7 +3,7 @@
 
 import { FIELDS, ROUTES, errorBody, fromAnswer, heatFromExplain, pickField } from "./answer.js";
 import { drawFaces, drawHeatmap, drawTimeline, renderProvenance } from "./evidence.js";
-import { errorWords, mb, reasonWords, verdictWords } from "./words.js";
+import { errorWords, familyWords, mb, reasonWords, verdictWords } from "./words.js";
 
 const KEY_STORE = "fakelens.apiKey"; // sessionStorage only: gone when the tab closes
 const PARALLEL = 3; // uploads in flight at once; the server batches them onto the model
@@ -277,17 +277,20 @@ function drawScore(card, v) {
 function drawNumbers(card, v) {
   const dl = $(".numbers", card);
   dl.replaceChildren();
-  const add = (term, value, cls) => {
+  const add = (term, value, cls, title) => {
     if (value == null || value === "") return;
     const dt = document.createElement("dt");
     dt.textContent = term;
     const dd = document.createElement("dd");
     dd.textContent = value;
     if (cls) dd.className = cls;
+    if (title) dd.title = title;
     dl.append(dt, dd);
   };
   const [low, high] = v.band;
   add("Score", fmt(v.score), "score");
+  const family = familyWords(v.family, v.familyScore, fmt); // none for real
+  if (family) add("Generator family", family.text, "family", family.title);
   add("Threshold", fmt(v.threshold), "threshold-value");
   if (high > low) add("Uncertain band", `${fmt(low)} – ${fmt(high)}`, "band-value");
   add("Model", [v.model.name, v.model.version].filter(Boolean).join(" "), "model");
@@ -383,7 +386,7 @@ function updateTable() {
 }
 
 const CSV_COLUMNS = ["file", "label", "score", "threshold", "band_low", "band_high", "model_name", "model_version",
-  "format", "width", "height", "frames", "reason", "error_status", "error"];
+  "format", "width", "height", "frames", "reason", "family", "family_score", "error_status", "error"];
 
 function csvCell(value) {
   if (value == null) return "";
@@ -399,8 +402,9 @@ export function csvText(items) {
     const v = it.view;
     const row = v
       ? [it.file.name, v.label, v.score, v.threshold, v.band[0], v.band[1], v.model.name, v.model.version,
-        v.media.format, v.media.width, v.media.height, v.media.frames ?? (v.frames.length || null), v.reason, "", ""]
-      : [it.file.name, "", "", "", "", "", "", "", "", "", "", "", "", it.error ? it.error.status : "",
+        v.media.format, v.media.width, v.media.height, v.media.frames ?? (v.frames.length || null), v.reason,
+        v.family, v.familyScore, "", ""]
+      : [it.file.name, "", "", "", "", "", "", "", "", "", "", "", "", "", "", it.error ? it.error.status : "",
         it.error ? it.error.words : "pending"];
     lines.push(row.map(csvCell).join(","));
   }

@@ -15,6 +15,18 @@ export function reasonWords(reason) {
   return REASONS[reason] || null;
 }
 
+// the generator family beside a verdict (never for "real"): "unknown" is the open-set answer
+export const UNKNOWN_FAMILY = "Looks synthetic, but like none of the generator families this model knows " +
+  "(no family reached its confidence bar).";
+
+/** {text, title} for a family answer, or null when there is none (real, or a model without a family head). */
+export function familyWords(family, score, fmt) {
+  if (family == null) return null;
+  const at = score == null ? "" : ` (${fmt(score)})`;
+  if (family === "unknown") return { text: `unknown${at}: ${UNKNOWN_FAMILY}`, title: UNKNOWN_FAMILY };
+  return { text: `${family}${at}`, title: "The generator family this picture most resembles, and its probability." };
+}
+
 export function verdictWords(label) {
   return VERDICTS[label] || { title: label || "Unknown", text: "The server gave no verdict." };
 }

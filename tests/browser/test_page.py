@@ -130,6 +130,8 @@ def test_cards_table_and_csv_show_what_the_api_answered(page, files):
         assert "not evidence" in c.locator(".provenance").inner_text()
         for part in (".face-list", ".timeline"):
             assert c.locator(part).is_hidden(), part
+        # the test model has no family head: no family line
+        assert api["family"] is None and c.locator("dd.family").count() == 0
         cells = [td.inner_text() for td in row.locator("th, td").all()]
         assert cells[:3] == [name, api["label"], f"{api['score']:.3f}"]
 
@@ -146,6 +148,7 @@ def test_cards_table_and_csv_show_what_the_api_answered(page, files):
         assert [float(r["band_low"]), float(r["band_high"])] == api["uncertain_band"]
         assert (r["model_name"], r["model_version"]) == (api["model"]["name"], api["model"]["version"])
         assert (int(r["width"]), int(r["height"])) == (api["image"]["width"], api["image"]["height"])
+        assert r["family"] == "" and r["family_score"] == ""
 
 
 def test_errors_are_shown_in_words(page, files):
@@ -243,10 +246,11 @@ def evidence_answer(api: dict) -> dict:
     and models/evidence/faces.py (face mode: `faces` is {faces, face_found, max_face})."""
     return {
         **api,
-        "label": "synthetic", "reason": "declared",
+        "label": "synthetic", "reason": "declared", "family": "unknown", "family_score": 0.41,
         "provenance": {"declared_ai": True, "declared_by": ["png text 'parameters' (Stable Diffusion web UI)"],
                        "c2pa": {"status": "absent"}, "exif": {"software": "test"}, "warnings": []},
-        "faces": {"faces": [{"box": [8, 6, 24, 20], "confidence": 0.93, "score": 0.71, "label": "synthetic"}],
+        "faces": {"faces": [{"box": [8, 6, 24, 20], "confidence": 0.93, "score": 0.71, "label": "synthetic",
+                             "family": "unknown", "family_score": 0.41}],
                   "face_found": True, "max_face": 0},
     }
 
@@ -255,7 +259,8 @@ def video_answer(api: dict) -> dict:
     """A /detect_video answer in models/evidence/video.py's shape (summarize_video) around a real answer's rule."""
     timeline = [{"index": i * 12, "time_s": i / 2, "keyframe": i == 0, "score": s, "label": lab}
                 for i, (s, lab) in enumerate([(0.2, "real"), (0.5, "uncertain"), (0.9, "synthetic")])]
-    return {"label": "uncertain", "score": 0.5333, "aggregate": "mean", "mean": 0.5333, "max": 0.9,
+    return {"label": "uncertain", "score": 0.5333, "family": "beta", "family_score": 0.7,
+            "aggregate": "mean", "mean": 0.5333, "max": 0.9,
             "share_flagged": 1 / 3, "frames_scored": 3, "reason": "model",
             "video": {"container": "mp4", "codec": "h264", "width": 64, "height": 48, "duration_s": 1.5, "fps": 24.0},
             "timeline": timeline, "threshold": api["threshold"], "uncertain_band": api["uncertain_band"],
@@ -288,7 +293,10 @@ def test_evidence_is_drawn_when_the_answer_has_it(page, files, page_server):
     assert "declares itself AI-generated" in c.locator(".provenance").inner_text()
     assert c.locator(".face-box").count() == 1
     assert c.locator(".face-box").evaluate("e => [e.style.left, e.style.width]") == ["12.5%", "37.5%"]
-    assert "Face 1: score 0.710 (synthetic)" in c.locator(".face-list").inner_text()
+    assert "Face 1: score 0.710 (synthetic), family unknown" in c.locator(".face-list").inner_text()
+    family = c.locator("dd.family")
+    assert family.inner_text().startswith("unknown (0.410): Looks synthetic, but like none of the generator")
+    assert "none of the generator families" in family.get_attribute("title")
     c.get_by_label(re.compile("Show heatmap")).check()
     overlay = c.locator("canvas.overlay.heat")
     overlay.wait_for()
@@ -303,6 +311,7 @@ def test_evidence_is_drawn_when_the_answer_has_it(page, files, page_server):
     assert "3 frames scored; 1 flagged synthetic" in v.locator(".timeline svg").get_attribute("aria-label")
     assert "3 scored: mean 0.533, max 0.900, 33% of frames flagged; verdict on the mean" in v.inner_text()
     assert "not evidence" in v.locator(".provenance").inner_text()
+    assert v.locator("dd.family").inner_text() == "beta (0.700)"
 
     sent = page.evaluate("window.sentFields")
     assert sorted(sent) == [["/detect", ["image", "faces"]], ["/detect_video", ["video", "faces"]],
