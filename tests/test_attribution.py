@@ -162,3 +162,23 @@ def test_score_rows_are_a_calibrated_probability_then_a_family_distribution(fami
     np.testing.assert_allclose(rows[:, 1:], softmax(outputs[:, 1:]))
     assert attribute_row("synthetic", rows[0], cfg)["family"] == "alpha"
     assert attribute_row("synthetic", rows[1], cfg)["family"] == UNKNOWN  # 1/3 each: below 0.6
+
+
+def test_evaluate_reports_the_confusion_matrix_and_writes_family_columns(runs, tmp_path):
+    from training.evaluate import EvalConfig, run_evaluation
+
+    data, best, _ = runs
+    report = run_evaluation(EvalConfig(model=str(best), data=data, out=str(tmp_path / "rep"), split="val",
+                                       backend="eager", device="cpu", robustness=False, plots=False))
+    att = report["attribution"]
+    assert att["columns"] == [*FAMILIES, UNKNOWN, "real"]
+    assert set(att["rows"]) == {*FAMILIES, "(no known family)"}  # "mystery" has no family
+    assert sum(att["rows"]["alpha"].values()) == 6 and att["named_accuracy"] >= 0.8
+    with open(tmp_path / "rep" / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    det = load_detector(best, "eager", "cpu")
+    for r in rows[:8]:
+        row = det.scores([decode_image(r["path"])[0]])[0]
+        want = attribute_row(label_for(row[0], det.config), row, det.config)
+        assert r["family"] == (want["family"] or "")
+        assert (r["family_score"] == "") == (want["family_score"] is None)

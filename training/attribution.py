@@ -170,3 +170,27 @@ def val_report(att: AttributionConfig, logits: np.ndarray, truth: np.ndarray) ->
         "val_accuracy_named": float(np.trace(matrix[:, :-1]) / named) if named else 0.0,
         "val_named_rate": float(named / max(len(truth), 1)),
     }
+
+
+def attribution_report(samples: list[Sample], answers: list[dict], families: tuple[str, ...]) -> dict:
+    """The served answers against the truth (training/families.py), for `fakelens evaluate`:
+    a confusion matrix over the fakes (rows: true family, or "(no known family)"; columns: the
+    families, "unknown", and "real" where the verdict made the family null), per-row rates, and
+    how often a named known-family fake got the right name."""
+    columns = [*families, UNKNOWN, "real"]
+    rows: dict[str, dict[str, int]] = {}
+    for s, a in zip(samples, answers, strict=True):
+        if s.label != 1:
+            continue
+        truth = family_of(s) or "(no known family)"
+        answer = a["family"] or "real"
+        rows.setdefault(truth, dict.fromkeys(columns, 0))[answer] += 1
+    named = [(t, a) for t, row in rows.items() for a, n in row.items() for _ in range(n)
+             if t in families and a in families]
+    return {
+        "columns": columns,
+        "rows": {t: rows[t] for t in sorted(rows)},
+        "unknown_rate": {t: row[UNKNOWN] / max(sum(row.values()), 1) for t, row in sorted(rows.items())},
+        "named_accuracy": float(np.mean([t == a for t, a in named])) if named else None,
+        "n_named": len(named),
+    }

@@ -27,13 +27,16 @@ import numpy as np
 from PIL import Image
 
 from models.core.atomic import atomic_write, atomic_write_text
+from models.core.attribution import attribute_row, score_rows
 from models.core.checkpoint import CONFIG, WEIGHTS
 from models.core.config import DetectorConfig
 from models.core.dataset import SPLITS, Sample, list_samples
 from models.core.metrics import binary_report, group_reports
-from models.core.preprocess import ImageError, calibrated_probability, decode_image
+from models.core.preprocess import ImageError, calibrated_probability, decode_image, eval_pixels
+from models.core.verdict import label_for
 from models.runtime.detector import Detector
 from models.runtime.loader import load_detector
+from training.attribution import attribution_report
 from training.calibrate import calibrate, is_calibrated
 
 Transform = Callable[[Image.Image], Image.Image]
@@ -83,9 +86,17 @@ def _decoded_batches(
 def collect_logits(
     detector: Detector, samples: Sequence[Sample], batch_size: int = 64, transform: Transform | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[Sample], list[tuple[str, str]]]:
-    """Raw logits and labels of every readable sample; unreadable ones go to errors as (path, message).
+    """Raw verdict logits and labels of every readable sample; unreadable ones go to errors as (path, message)."""
+    outputs, labels, kept, errors = collect_outputs(detector, samples, batch_size, transform)
+    return outputs[:, 0], labels, kept, errors
 
-    Decoding runs in a small thread pool a couple of batches ahead of detector.logits.
+
+def collect_outputs(
+    detector: Detector, samples: Sequence[Sample], batch_size: int = 64, transform: Transform | None = None
+) -> tuple[np.ndarray, np.ndarray, list[Sample], list[tuple[str, str]]]:
+    """Raw outputs (N x C: the verdict logit, then family logits) and labels of every readable sample.
+
+    Decoding runs in a small thread pool a couple of batches ahead of the detector.
     `transform` (PIL -> PIL) is applied after decoding, e.g. a robustness perturbation.
     """
     if batch_size < 1:
@@ -104,9 +115,11 @@ def collect_logits(
                     images.append(result)
                     kept.append(sample)
             if images:
-                logits.append(np.asarray(detector.logits(images), dtype=np.float64))
+                pixels = [eval_pixels(img, detector.config.preprocess) for img in images]
+                logits.append(detector.outputs_from_views(pixels))
     labels = np.asarray([s.label for s in kept], dtype=np.int64)
-    return (np.concatenate(logits) if logits else np.zeros(0)), labels, kept, errors
+    empty = np.zeros((0, detector.config.outputs))
+    return (np.concatenate(logits) if logits else empty), labels, kept, errors
 
 
 def choose_split(samples: list[Sample], split: str | None, data: str) -> tuple[str, list[Sample]]:
@@ -205,13 +218,23 @@ def robustness_grid(detector: Detector, samples: list[Sample], batch_size: int) 
     return grid
 
 
-def write_scores(path: Path, samples: list[Sample], logits: np.ndarray, probs: np.ndarray) -> None:
+def family_answers(outputs: np.ndarray, cfg: DetectorConfig) -> list[dict]:
+    """Each image's {"family", "family_score"}, as the service answers them."""
+    rows = score_rows(outputs, cfg)
+    return [attribute_row(label_for(r[0], cfg), r, cfg) for r in rows]
+
+
+def write_scores(path: Path, samples: list[Sample], logits: np.ndarray, probs: np.ndarray,
+                 answers: list[dict] | None = None) -> None:
+    answers = answers or [{"family": None, "family_score": None}] * len(samples)
+
     def write(tmp: str) -> None:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(["path", "label", "source", "generator", "logit", "score"])
-            for s, z, p in zip(samples, logits, probs, strict=True):
-                w.writerow([s.path, s.label, s.source, s.generator, f"{z:.9g}", f"{p:.9g}"])
+            w.writerow(["path", "label", "source", "generator", "logit", "score", "family", "family_score"])
+            for s, z, p, a in zip(samples, logits, probs, answers, strict=True):
+                fs = "" if a["family_score"] is None else f"{a['family_score']:.6g}"
+                w.writerow([s.path, s.label, s.source, s.generator, f"{z:.9g}", f"{p:.9g}", a["family"] or "", fs])
 
     atomic_write(path, write)
 
@@ -223,10 +246,12 @@ def build_report(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
     split, chosen = choose_split(samples, cfg.split, cfg.data)
     calibration = maybe_calibrate(detector, samples, cfg)
     dcfg = detector.config
-    logits, labels, kept, errors = collect_logits(detector, chosen, cfg.batch_size)
+    outputs, labels, kept, errors = collect_outputs(detector, chosen, cfg.batch_size)
     if not kept:
         raise ValueError(f"none of the {len(chosen)} images in split {split!r} could be read: {errors[:3]}")
+    logits = outputs[:, 0]
     probs = calibrated_probability(logits, dcfg.temperature)
+    answers = family_answers(outputs, dcfg)
     report: dict[str, Any] = {
         **binary_report(labels, probs, dcfg.threshold),
         "temperature": dcfg.temperature,
@@ -247,9 +272,11 @@ def build_report(cfg: EvalConfig) -> tuple[dict[str, Any], dict[str, np.ndarray]
             for name, part in report[key].items():
                 mask = np.asarray(groups) == name
                 part["verdicts"] = verdict_shares(labels[mask], probs[mask], dcfg)
+    if dcfg.attribution.families:
+        report["attribution"] = attribution_report(kept, answers, dcfg.attribution.families)
     if cfg.robustness:
         report["robustness"] = robustness_grid(detector, kept, cfg.batch_size)
-    arrays = {"labels": labels, "logits": logits, "probs": probs}
+    arrays = {"labels": labels, "logits": logits, "probs": probs, "answers": answers}
     return report, {**arrays, "samples": kept}
 
 
@@ -277,7 +304,7 @@ def run_evaluation(cfg: EvalConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     report, arrays = build_report(cfg)
-    write_scores(out / "scores.csv", arrays["samples"], arrays["logits"], arrays["probs"])
+    write_scores(out / "scores.csv", arrays["samples"], arrays["logits"], arrays["probs"], arrays["answers"])
     if cfg.plots:
         from training.plots import write_plots
 
