@@ -14,6 +14,7 @@ import csv
 import dataclasses
 import io
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -54,11 +55,16 @@ def images() -> dict[str, bytes]:
     return out
 
 
-def expected(detector, data: bytes, provenance: dict | None = None) -> dict:
-    """The answer's verdict and family from the local detector: label/score from column 0 alone."""
-    img = decode_image(data)[0]
-    [row] = detector.scores([img])
-    [probability] = detector.probabilities([img])
+def expected(detector, data: bytes, provenance: dict | None = None, jpeg: bool = False) -> dict:
+    """The answer's verdict and family from the local detector: label/score from column 0 alone.
+    jpeg: the file is decoded from its bytes the way the model process does (FAKELENS_DECODE=model)."""
+    if jpeg:
+        [row] = detector.scores_from_jpegs([data])
+        [probability] = detector.probabilities_from_jpegs([data])
+    else:
+        img = decode_image(data)[0]
+        [row] = detector.scores([img])
+        [probability] = detector.probabilities([img])
     label, _ = decide(float(probability), detector.config, provenance)
     return {"label": label, "score": float(probability), **attribute_row(label, row, detector.config)}
 
@@ -284,7 +290,8 @@ def test_model_without_a_family_head_answers_null(tiny_checkpoint, folder, tmp_p
 
 @pytest.fixture(scope="module")
 def http(family_checkpoint, tmp_path_factory):
-    env = {"FAKELENS_MAX_VIDEO_FRAMES": "8", "FAKELENS_MAX_BATCH_SIZE": "4"}
+    # JPEGs cross as bytes and are decoded in the model process (`score_jpeg`), other files as views (`score`)
+    env = {"FAKELENS_MAX_VIDEO_FRAMES": "8", "FAKELENS_MAX_BATCH_SIZE": "4", "FAKELENS_DECODE": "model"}
     with serving(family_checkpoint, tmp_path_factory.mktemp("serve_family"), env) as url:
         with httpx.Client(base_url=url, timeout=120) as client:
             yield client
@@ -299,24 +306,31 @@ def test_server_answers_carry_family(http, local):
         assert r.status_code == 200, r.text
         assert_matches(r.json(), expected(local, data), name)
 
-    names = list(files)
-    parts = [("images", (n, files[n])) for n in names]
-    parts.insert(2, ("images", ("bad.png", b"not an image")))
+    jpegs = {}
+    for name in ("red.png", "white.png", "black.png"):
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(files[name])).save(buf, format="JPEG", quality=95)
+        jpegs[name.replace(".png", ".jpg")] = buf.getvalue()
+    names = list(files) + list(jpegs)
+    parts = [("images", (n, {**files, **jpegs}[n])) for n in names]
+    bad = [("images", ("bad.png", b"not an image")), ("images", ("cut.jpg", jpegs["red.jpg"][:400]))]
+    parts[2:2] = bad
     r = http.post("/detect_batch", files=parts)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    assert "error" in results[2] and "family" not in results[2]
-    del results[2]
+    assert all("error" in a and "family" not in a for a in results[2:4])
+    del results[2:4]
     got = {a["family"] for a in results}
     assert None in got and UNKNOWN in got and got & set(local.config.attribution.families)
     for name, answer in zip(names, results, strict=True):
-        assert_matches(answer, expected(local, files[name]), name)
+        want = expected(local, files[name]) if name in files else expected(local, jpegs[name], jpeg=True)
+        assert_matches(answer, want, name)
 
     # a provenance declaration makes the label synthetic: the family is attributed on that final label
     signed = c2pa_signed_jpeg()
     body = http.post("/detect", files={"image": ("signed.jpg", signed)}).json()
     assert body["reason"] == "declared"
-    assert_matches(body, expected(local, signed, body["provenance"]))
+    assert_matches(body, expected(local, signed, body["provenance"], jpeg=True))
     assert body["family"] is not None
 
     # face mode: the family of the face that gave the max, each face with its own
@@ -357,5 +371,9 @@ def test_server_answers_carry_family(http, local):
     # drift monitoring (service/monitoring.py) still counts every /detect and /detect_batch answer
     from models.core.drift import parse_metrics
 
-    stream = parse_metrics(http.get("/metrics").text, "/metrics")
-    assert stream.counts.sum() == 2 * len(files) + 1
+    text = http.get("/metrics").text
+    stream = parse_metrics(text, "/metrics")
+    assert stream.counts.sum() == 2 * len(files) + len(jpegs) + 1
+    # the JPEGs really took the model process's decode path (`score_jpeg`)
+    decoded = re.findall(r"^fakelens_model_device_decoded_images_total(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
+    assert sum(float(v) for v in decoded) >= len(jpegs) + 1
