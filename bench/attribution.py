@@ -57,8 +57,7 @@ def picture_answers(model, det, bank: FeatureBank, fakes: list[Sample]) -> tuple
     answers = []
     for r in rows:
         label = label_for(float(calibrated_probability(r[:1], det.temperature)[0]), det)
-        probs = np.exp((r[1:] - r[1:].max()) / det.attribution.temperature)
-        family = attribute(label, probs / probs.sum(), det.attribution)["family"]
+        family = attribute(label, r[1:], det.attribution)["family"]
         answers.append(REAL if family is None else family)
     return [row_name(s) for s in reps], answers
 
@@ -99,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     fakes = bank.usable(fakes)
     rows, answers = picture_answers(model, det, bank, fakes)
     print(f"## Attribution on the test splits: {args.model} (version {det.version}), "
-          f"unknown below top-family probability {det.attribution.min_confidence:.3f}\n")
+          f"unknown below {det.attribution.rule} {det.attribution.threshold:.3f}\n")
     print_matrix(rows, answers, det.attribution.families)
     return 0
 

@@ -29,11 +29,14 @@ import logging
 import re
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from bench.attribution import REAL, picture_answers
+from models.core.attribution import UNKNOWN
 from models.core.checkpoint import load_model_dir
 from models.core.dataset import Sample, list_samples
 from models.core.metrics import ece, roc_auc
@@ -151,7 +154,9 @@ def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work:
     probs = calibrated_probability(np.r_[pf, pr], det.temperature)
     flagged = probs >= det.threshold
     held_flagged = flagged[: len(pf)] if fold.kind == "family" else flagged[len(pf):]
+    attribution = held_attribution(model, det, bank, held) if fold.kind == "family" else None
     return {
+        "attribution": attribution,
         "fold": fold.name, "kind": fold.kind, "n_held_pictures": int(len(pf) if fold.kind == "family" else len(pr)),
         "auc_resized": view_auc(fakes, z_f, reals, z_r, "resized"),
         "auc_native": view_auc(fakes, z_f, reals, z_r, "native"),
@@ -159,6 +164,34 @@ def run_fold(fold: Fold, samples: list[Sample], bank: FeatureBank, recipe, work:
         "rate": float(np.mean(held_flagged)), "rate_name": "TPR" if fold.kind == "family" else "FPR",
         "ece": float(ece(y, probs)), "native_weight": w, "threshold": det.threshold, "train_seconds": seconds,
     }
+
+
+def held_attribution(model, det, bank: FeatureBank, held: list[Sample]) -> dict | None:
+    """What the fold's family head (trained without the left-out family) answers for its pictures:
+    a held-out family should mostly come out `unknown` (or real), not as a confident wrong name."""
+    if not det.attribution.families or det.tunes_backbone:
+        return None
+    _, answers = picture_answers(model, det, bank, held)
+    counts = Counter(answers)
+    n, real, unknown = len(answers), counts.pop(REAL, 0), counts.pop(UNKNOWN, 0)
+    return {"pictures": n, "real": real / n, "unknown": unknown / n, "named": sum(counts.values()) / n,
+            "unknown_of_attributed": unknown / max(n - real, 1), "names": dict(counts.most_common(3)),
+            "families": list(det.attribution.families)}
+
+
+def print_attribution(rows: list[dict]) -> None:
+    rows = [r for r in rows if r.get("attribution")]
+    if not rows:
+        return
+    print("\n#### The left-out family's attribution (the fold's family head never saw it)\n")
+    print("| left out | pictures | judged real (family null) | unknown | a wrong name | unknown of those not real "
+          "| wrong names given |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        a = r["attribution"]
+        names = ", ".join(f"{k} {v}" for k, v in a["names"].items()) or "-"
+        print(f"| {r['fold']} | {a['pictures']} | {a['real']:.2f} | {a['unknown']:.2f} | {a['named']:.2f} "
+              f"| {a['unknown_of_attributed']:.2f} | {names} |")
 
 
 def slug(name: str) -> str:
@@ -182,6 +215,7 @@ def print_table(rows: list[dict], title: str) -> None:
     if real:
         print(f"worst left-out real group FPR: {max(real):.2f}")
     print(f"mean fold training time: {statistics.mean(r['train_seconds'] for r in rows):.1f} s")
+    print_attribution(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,7 @@ VERDICT = {
         "family": {"type": "string", "nullable": True,
                    "description": "the generator family the picture resembles: null when the label is real or "
                                   "the model has no family head; \"unknown\" when it looks synthetic but no "
-                                  "family reaches the model's min_confidence (open set). Never changes the label"},
+                                  "family passes the model's open-set rule (attribution.rule). Never changes the label"},
         "family_score": {"type": "number", "minimum": 0, "maximum": 1, "nullable": True,
                          "description": "the top family's probability (also for \"unknown\"); null with family"},
         "threshold": {"type": "number"},

@@ -56,12 +56,14 @@ FAMILIES = ("alpha", "beta", "gamma")
 
 
 def family_config(img_size: int = 32, min_confidence: float = 0.6, **pre) -> DetectorConfig:
-    """A tiny "blocks" detector with a 3-family head (random weights)."""
+    """A tiny "blocks" detector with a 3-family head (random weights), on the max-softmax open-set
+    rule at `min_confidence`, so tests can reason in probabilities."""
     import dataclasses
 
     return dataclasses.replace(tiny_config(img_size, **pre), model_kwargs=dict(TINY_VIT), head="blocks",
                                blocks=(0, 1), head_dim=8, threshold=0.45,
-                               attribution=AttributionConfig(FAMILIES, min_confidence=min_confidence))
+                               attribution=AttributionConfig(FAMILIES, rule="max-softmax",
+                                                             threshold=min_confidence))
 
 
 @pytest.fixture(scope="session")

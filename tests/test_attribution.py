@@ -18,7 +18,7 @@ from models.core.dataset import Sample, list_samples
 from models.core.preprocess import decode_image
 from models.core.verdict import label_for
 from models.runtime.loader import load_detector
-from tests.conftest import FAMILIES, TINY_VIT, write_images
+from tests.conftest import FAMILIES, TINY_VIT, family_config, write_images
 from tests.export_helpers import export_tiny
 from training.families import family_of, trainable_families
 from training.train import train
@@ -81,12 +81,24 @@ def test_the_family_column_or_the_generator_table_names_a_fakes_family():
 
 
 def test_the_open_set_rule_names_unknown_and_stays_silent_for_real():
-    att = AttributionConfig(FAMILIES, min_confidence=0.6)
-    assert attribute("synthetic", [0.1, 0.8, 0.1], att) == {"family": "beta", "family_score": 0.8}
-    assert attribute("uncertain", [0.4, 0.35, 0.25], att) == {"family": UNKNOWN, "family_score": 0.4}
-    assert attribute("real", [0.0, 1.0, 0.0], att) == {"family": None, "family_score": None}
+    att = AttributionConfig(FAMILIES, rule="max-softmax", threshold=0.6)
+    z = np.log([0.1, 0.8, 0.1])
+    assert attribute("synthetic", z, att) == {"family": "beta", "family_score": pytest.approx(0.8)}
+    assert attribute("uncertain", np.log([0.4, 0.35, 0.25]), att) == {"family": UNKNOWN,
+                                                                     "family_score": pytest.approx(0.4)}
+    assert attribute("real", z, att) == {"family": None, "family_score": None}
     assert attribute("synthetic", [], AttributionConfig()) == {"family": None, "family_score": None}
-    assert names(np.array([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]]), att) == ["alpha", UNKNOWN]
+    assert names(np.log([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2]]), att) == ["alpha", UNKNOWN]
+    # the energy rule: the same softmax (scores) but a weak head (all logits low) is unknown
+    energy = AttributionConfig(FAMILIES, rule="energy", threshold=2.0)
+    strong, weak = np.array([5.0, 1.0, 0.0]), np.array([-1.0, -5.0, -6.0])
+    assert attribute("synthetic", strong, energy)["family"] == "alpha"
+    assert attribute("synthetic", weak, energy) == {"family": UNKNOWN,
+                                                    "family_score": attribute("synthetic", strong, energy)["family_score"]}
+    # the first family heads' detector.json (min_confidence) still loads, as a max-softmax rule
+    old = DetectorConfig.from_dict({**family_config().to_dict(), "attribution": {
+        "families": list(FAMILIES), "min_confidence": 0.7, "temperature": 1.0}})
+    assert old.attribution.rule == "max-softmax" and old.attribution.threshold == 0.7
     with pytest.raises(ValueError, match="unknown"):
         AttributionConfig(("a", "unknown"))
 
@@ -95,7 +107,7 @@ def test_training_fits_a_family_head_with_a_threshold_chosen_on_val(runs):
     data, best, _ = runs
     model, cfg = load_model_dir(best)
     att = cfg.attribution
-    assert att.families == FAMILIES and 0.0 < att.min_confidence < 1.0 and att.temperature > 0
+    assert att.families == FAMILIES and att.rule == "energy" and np.isfinite(att.threshold) and att.temperature > 0
     report = cfg.metrics["attribution"]
     counts = np.array(report["val_confusion"]["counts"])
     assert report["val_confusion"]["columns"] == [*FAMILIES, UNKNOWN] and counts.sum() == report["val_pictures"] == 18
@@ -138,8 +150,9 @@ def test_every_exported_runtime_carries_the_family_columns(family_checkpoint, im
     session = ort.InferenceSession(str(out / "model.onnx"))
     z = session.run(None, {"input": np.zeros((2, 3, 32, 32), np.float32)})[0]
     assert z.shape == (2, 4)
-    rows = score_rows(z, DetectorConfig.load(out / "detector.json"))
-    np.testing.assert_allclose(rows[:, 1:].sum(axis=1), 1.0)
+    cfg = DetectorConfig.load(out / "detector.json")
+    rows = score_rows(z, cfg)
+    np.testing.assert_allclose(rows[:, 1:], z[:, 1:])  # the row keeps the family logits for the open-set rule
 
 
 def test_an_export_without_the_family_head_is_refused_at_load(tiny_checkpoint, tmp_path):
@@ -148,7 +161,7 @@ def test_an_export_without_the_family_head_is_refused_at_load(tiny_checkpoint, t
     out = export_tiny(tiny_checkpoint, tmp_path / "exp")
     broken = json.loads((out / "detector.json").read_text())
     broken["head"], broken["blocks"] = "blocks", [0, 1]
-    broken["attribution"] = {"families": list(FAMILIES), "min_confidence": 0.5, "temperature": 1.0}
+    broken["attribution"] = {"families": list(FAMILIES), "threshold": 0.5, "temperature": 1.0}
     (out / "detector.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="4 output"):
         load_detector(out, "onnx", "cpu")
@@ -159,7 +172,8 @@ def test_score_rows_are_a_calibrated_probability_then_a_family_distribution(fami
     outputs = np.array([[0.0, 2.0, 0.0, -2.0], [3.0, 0.0, 0.0, 0.0]])
     rows = score_rows(outputs, cfg)
     assert rows[0, 0] == pytest.approx(0.5) and rows[1, 0] == pytest.approx(1 / (1 + np.exp(-3.0 / cfg.temperature)))
-    np.testing.assert_allclose(rows[:, 1:], softmax(outputs[:, 1:]))
+    np.testing.assert_array_equal(rows[:, 1:], outputs[:, 1:])
+    assert attribute_row("synthetic", rows[0], cfg)["family_score"] == pytest.approx(softmax(outputs[0, 1:]).max())
     assert attribute_row("synthetic", rows[0], cfg)["family"] == "alpha"
     assert attribute_row("synthetic", rows[1], cfg)["family"] == UNKNOWN  # 1/3 each: below 0.6
 

@@ -7,9 +7,11 @@ verdict head reads (the frozen feature cache, or the adapted backbone's taps), w
 zero_grad, forward, class-weighted cross-entropy, backward, optimizer.step(). Then, on the val
 split's fakes, combined per picture by the scale policy's rule as the service combines them:
 - a softmax temperature (lowest NLL on a grid), so `family_score` reads as a probability;
-- the open-set threshold `min_confidence`: the top-family probability that KEEP_KNOWN of val's
-  known-family pictures reach. Below it the answer is "unknown", so a generator the head never
-  saw (e.g. the family left out by bench/generalization.py) does not get a confident wrong name.
+- the open-set threshold: the energy T * logsumexp(z / T) that KEEP_KNOWN of val's known-family
+  pictures reach. Below it the answer is "unknown", so a generator the head never saw (e.g. the
+  family left out by bench/generalization.py) does not get a confident wrong name. Energy, not the
+  top softmax probability: on the leave-one-family-out folds it sent 10-15 points more of the
+  left-out family to "unknown" at the same val accuracy (docs/quality.md).
 The val confusion matrix and the unknown rates go to `cfg.metrics["attribution"]`. The verdict
 head, threshold and band are untouched: attribution never changes a verdict.
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from models.core.attribution import UNKNOWN, names, softmax
+from models.core.attribution import UNKNOWN, names, open_set_score, softmax
 from models.core.config import AttributionConfig, DetectorConfig
 from models.core.dataset import Sample
 from models.core.network import FamilyHead
@@ -33,6 +35,7 @@ from training.families import family_counts, family_of, trainable_families
 log = logging.getLogger("fakelens.train")
 
 KEEP_KNOWN = 0.95  # share of val pictures of known families that must keep their (top) family name
+RULE = "energy"
 TEMPERATURES = tuple(np.round(np.geomspace(0.25, 8.0, 31), 4))
 EPOCHS, BATCH, LR, WEIGHT_DECAY = 40, 256, 2e-3, 1e-2
 
@@ -59,17 +62,16 @@ def fit_attribution(model: torch.nn.Module, cfg: DetectorConfig, train: list[Sam
     known = [s for s in val if family_of(s) in index]
     others = [s for s in val if s.label == 1 and family_of(s) not in index]
     logits, truth = picture_family_logits(model, known, tokens, cfg, [index[family_of(s)] for s in known])
-    temperature, min_confidence = calibrate_families(logits, truth)
-    att = AttributionConfig(families, min_confidence=min_confidence, temperature=temperature)
+    temperature, threshold = calibrate_families(logits, truth, RULE)
+    att = AttributionConfig(families, rule=RULE, threshold=threshold, temperature=temperature)
     report = val_report(att, logits, truth)
     if others:
         other_logits, _ = picture_family_logits(model, others, tokens, cfg, [0] * len(others))
-        report["val_unknown_rate_no_family"] = float(np.mean(
-            [n == UNKNOWN for n in names(softmax(other_logits, temperature), att)]))
+        report["val_unknown_rate_no_family"] = float(np.mean([n == UNKNOWN for n in names(other_logits, att)]))
         report["val_no_family_pictures"] = len(other_logits)
     report["train_pictures"] = family_counts(fit)
-    log.info("attribution: %d families %s; val accuracy %.3f, known named %.3f, unknown threshold %.3f",
-             len(families), list(families), report["val_accuracy_named"], report["val_named_rate"], min_confidence)
+    log.info("attribution: %d families %s; val accuracy %.3f, known named %.3f, %s threshold %.3f",
+             len(families), list(families), report["val_accuracy_named"], report["val_named_rate"], RULE, threshold)
     cfg = dataclasses.replace(cfg, attribution=att, metrics={**cfg.metrics, "attribution": report})
     return model, cfg
 
@@ -141,23 +143,23 @@ def combine_pictures(samples: list[Sample], z: np.ndarray, native_weight: float)
     return np.asarray(out)
 
 
-def calibrate_families(logits: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(softmax temperature with the lowest val NLL, open-set threshold keeping KEEP_KNOWN of val)."""
+def calibrate_families(logits: np.ndarray, truth: np.ndarray, rule: str) -> tuple[float, float]:
+    """(softmax temperature with the lowest val NLL, the rule's threshold keeping KEEP_KNOWN of val)."""
     if len(logits) == 0:
-        return 1.0, 0.0
+        return 1.0, 0.0 if rule == "max-softmax" else -np.inf
 
     def nll(t: float) -> float:
         p = softmax(logits, t)[np.arange(len(truth)), truth]
         return float(-np.mean(np.log(np.clip(p, 1e-12, 1.0))))
 
     temperature = float(min(TEMPERATURES, key=nll))
-    top = softmax(logits, temperature).max(axis=1)
-    return temperature, float(np.quantile(top, 1.0 - KEEP_KNOWN))
+    scores = open_set_score(logits, rule, temperature)
+    return temperature, float(np.quantile(scores, 1.0 - KEEP_KNOWN))
 
 
 def val_report(att: AttributionConfig, logits: np.ndarray, truth: np.ndarray) -> dict:
     """Confusion matrix (rows: true family, columns: answer incl. unknown) and rates on val pictures."""
-    answers = names(softmax(logits, att.temperature), att)
+    answers = names(logits, att)
     columns = [*att.families, UNKNOWN]
     matrix = np.zeros((len(att.families), len(columns)), dtype=int)
     for t, a in zip(truth, answers, strict=True):

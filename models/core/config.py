@@ -31,18 +31,24 @@ SCALES = ("resized", "native")
 HEADS = ("classifier", "blocks")
 
 
+OPEN_SET_RULES = ("energy", "max-softmax")
+
+
 @dataclass(frozen=True)
 class AttributionConfig:
     """Which generator family a synthetic picture resembles (models/core/attribution.py).
 
     `families` name the columns of the family head (none: the model attributes nothing). The
-    open-set rule answers "unknown" when the top family's softmax probability is below
-    `min_confidence`, a value chosen on validation data (training/attribution.py), so a
-    generator the head never saw does not get a confident wrong name.
+    open-set rule answers "unknown" when the picture's family logits score below `threshold`:
+    "energy" scores T * logsumexp(logits / T) (how strongly any known family fires), "max-softmax"
+    the top family's probability. Both the rule's threshold and the softmax temperature `T` are
+    chosen on validation data (training/attribution.py), so a generator the head never saw does
+    not get a confident wrong name.
     """
 
     families: tuple[str, ...] = ()
-    min_confidence: float = 0.0
+    rule: str = "energy"
+    threshold: float = 0.0
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
@@ -50,8 +56,10 @@ class AttributionConfig:
             raise ValueError(f"families={self.families!r} must be distinct and not 'unknown'")
         if self.families and len(self.families) < 2:
             raise ValueError("a family head needs at least two families")
-        if not 0.0 <= self.min_confidence <= 1.0:
-            raise ValueError(f"min_confidence={self.min_confidence} must be within [0, 1]")
+        if self.rule not in OPEN_SET_RULES:
+            raise ValueError(f"rule={self.rule!r} is not one of {OPEN_SET_RULES}")
+        if self.rule == "max-softmax" and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold={self.threshold} of rule 'max-softmax' must be within [0, 1]")
         if self.temperature <= 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
 
@@ -176,6 +184,8 @@ class DetectorConfig:
         att = dict(d.pop("attribution", None) or {})
         if "families" in att:
             att["families"] = tuple(att["families"])
+        if "min_confidence" in att:  # the first family heads' name for a max-softmax threshold
+            att["threshold"], att["rule"] = att.pop("min_confidence"), "max-softmax"
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:

@@ -1,17 +1,17 @@
 """`family` and `family_score` beside every verdict: the one attribution rule
 (models/core/attribution.py) applied to score rows, for plain images, face mode and videos.
 
-A score row is [calibrated probability synthetic, family probabilities...]; a bare probability
+A score row is [calibrated probability synthetic, family logits...]; a bare probability
 is a row of one (a model without a family head). The family is always attributed on the
 *final* label (after a provenance declaration, `models.core.verdict.decide`): null for `real`,
-the top family when its probability reaches `min_confidence`, else "unknown". It never changes
+the top family when the open-set rule accepts it, else "unknown". It never changes
 the verdict. Used by the HTTP service (service/evidence.py, service/verdict.py), `fakelens score`
 and `fakelens inspect`; free of the service's imports so the scorer's decode processes stay light.
 
 - face mode: each face gets its own family (on its own label); the answer's family is that of
   the face that gave the max score (the whole image's when no face was found);
 - video: each timeline frame gets its family (its max face's in face mode); the video's family
-  comes from the mean family probabilities over every frame or face crop scored, attributed
+  comes from the mean family logits over every frame or face crop scored, attributed
   on the video's final label.
 """
 
@@ -58,7 +58,7 @@ def face_summary(plan: FacePlan, rows, cfg: DetectorConfig) -> tuple[dict, np.nd
 def video_summary(facts: VideoFacts, frames: list[Frame], plans: list[FacePlan], rows, cfg: DetectorConfig,
                   aggregate: str = "mean", faces: bool = False) -> tuple[dict, list[float]]:
     """models.evidence.video.summarize_video on the verdict column, each timeline frame with its family
-    (on the frame's label), and the video's family row: [its score, the mean family probabilities over
+    (on the frame's label), and the video's family row: [its score, the mean family logits over
     every frame or crop scored], to attribute on the video's final label with `family_fields`."""
     rows = rows_of(rows, cfg)
     out = summarize_video(facts, frames, plans, rows[:, 0], cfg, aggregate, faces)
