@@ -296,6 +296,11 @@ def summary_table(report: dict[str, Any]) -> str:
             f"{name:16}{fmt(r['auc']):>7}{fmt(r['ap']):>7}{fmt(r['accuracy']):>7}{fmt(r['eer']):>7}"
             f"{fmt(t.get('0.01')):>8}{fmt(t.get('0.05')):>8}{fmt(r['ece']):>7}{fmt(r['brier']):>7}"
         )
+    att = report.get("attribution")
+    if att and att["named_accuracy"] is not None:
+        unknown = ", ".join(f"{k} {v:.2f}" for k, v in att["unknown_rate"].items())
+        lines.append(f"attribution: right family for {att['named_accuracy']:.3f} of {att['n_named']} named fakes; "
+                     f"unknown rate by true family: {unknown}")
     return "\n".join(lines)
 
 
