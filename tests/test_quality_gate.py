@@ -56,6 +56,18 @@ def test_the_gate_passes_what_was_recorded_and_fails_a_broken_threshold():
     assert any(f.startswith("AUC") for f in failures(measure(y, 1 - p, np.full(y.size, 0.5),
                                                              verdicts(1 - p, 0.5), sources), {}))
     assert Limits().min_auc == 0.98 and Limits().max_source_fpr == 0.05
+    # attribution: a head that names the wrong family fails, one that drifts to "unknown" too
+    right = [("sd15", "sd15")] * 95 + [("gan", "gan")] * 5 + [("sd15", "unknown")] * 10 + [(None, "sd15")] * 20
+    wrong = [("sd15", "gpt-4o")] * 95 + [("gan", "gan")] * 5 + [("sd15", "unknown")] * 10
+    vague = [("sd15", "sd15")] * 50 + [("sd15", "unknown")] * 60
+    base = measure(y, p, np.full(y.size, 0.5), verdicts(p, 0.5), sources, right)
+    assert base["family_right"] == 1.0 and base["family_unknown"] == pytest.approx(10 / 110)
+    with_family = {**want, "family_right": 1.0, "family_unknown": base["family_unknown"]}
+    assert failures(base, with_family) == []
+    assert any(f.startswith("family_right") for f in failures(
+        measure(y, p, np.full(y.size, 0.5), verdicts(p, 0.5), sources, wrong), with_family))
+    assert any(f.startswith("family_unknown") and "drifted" in f for f in failures(
+        measure(y, p, np.full(y.size, 0.5), verdicts(p, 0.5), sources, vague), with_family))
 
 
 def test_the_recorded_figures_are_in_the_docs():
@@ -84,8 +96,11 @@ def test_shipped_detector_keeps_its_recorded_quality(tmp_path):
     rows = {os.path.normpath(r["path"]): r for r in map(json.loads, out.read_text().splitlines())}
     scored = [(s, rows[os.path.normpath(s.path)]) for s in samples if not rows[os.path.normpath(s.path)].get("error")]
     assert len(scored) == len(samples)
+    from training.families import family_of
+
     got = measure([s.label for s, _ in scored], [r["score"] for _, r in scored], [r["threshold"] for _, r in scored],
-                  [r["label"] for _, r in scored], [s.source for s, _ in scored])
+                  [r["label"] for _, r in scored], [s.source for s, _ in scored],
+                  [(family_of(s), r["family"]) for s, r in scored])
     problems = failures(got, recorded())
     assert not problems, f"quality gate: {problems}; measured {json.dumps(got)[:1500]}"
 
