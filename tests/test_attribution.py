@@ -196,3 +196,16 @@ def test_evaluate_reports_the_confusion_matrix_and_writes_family_columns(runs, t
         want = attribute_row(label_for(row[0], det.config), row, det.config)
         assert r["family"] == (want["family"] or "")
         assert (r["family_score"] == "") == (want["family_score"] is None)
+
+
+def test_the_open_set_rule_is_a_training_choice(runs, tmp_path, monkeypatch):
+    data, best, _ = runs
+    monkeypatch.setenv("FAKELENS_CACHE", str(tmp_path / "cache"))
+    result = train(_cfg(data, tmp_path / "run", family_rule="max-softmax"))
+    _, cfg = load_model_dir(result.best_dir)
+    _, energy = load_model_dir(best)
+    assert cfg.attribution.rule == "max-softmax" and 0.0 < cfg.attribution.threshold <= 1.0
+    assert energy.attribution.rule == "energy"
+    assert cfg.attribution.temperature == energy.attribution.temperature  # the rule changes only the threshold
+    with pytest.raises(ValueError, match="--family-rule"):
+        _cfg(data, tmp_path / "x", family_rule="entropy")

@@ -35,7 +35,7 @@ from training.families import family_counts, family_of, trainable_families
 log = logging.getLogger("fakelens.train")
 
 KEEP_KNOWN = 0.95  # share of val pictures of known families that must keep their (top) family name
-RULE = "energy"
+RULE = "energy"  # the default open-set rule (TrainConfig.family_rule)
 TEMPERATURES = tuple(np.round(np.geomspace(0.25, 8.0, 31), 4))
 EPOCHS, BATCH, LR, WEIGHT_DECAY = 40, 256, 2e-3, 1e-2
 
@@ -44,7 +44,8 @@ TokenReader = Callable[[list[Sample], int], np.ndarray]
 
 
 def fit_attribution(model: torch.nn.Module, cfg: DetectorConfig, train: list[Sample], val: list[Sample],
-                    tokens: TokenReader, views: int = 0, seed: int = 0) -> tuple[torch.nn.Module, DetectorConfig]:
+                    tokens: TokenReader, views: int = 0, seed: int = 0,
+                    rule: str = RULE) -> tuple[torch.nn.Module, DetectorConfig]:
     """Attach and fit a family head on `model` (a TapDetector); (model, cfg with attribution).
     Returns them unchanged, with a log line saying why, when the data has fewer than two families."""
     families = trainable_families(train)
@@ -62,8 +63,8 @@ def fit_attribution(model: torch.nn.Module, cfg: DetectorConfig, train: list[Sam
     known = [s for s in val if family_of(s) in index]
     others = [s for s in val if s.label == 1 and family_of(s) not in index]
     logits, truth = picture_family_logits(model, known, tokens, cfg, [index[family_of(s)] for s in known])
-    temperature, threshold = calibrate_families(logits, truth, RULE)
-    att = AttributionConfig(families, rule=RULE, threshold=threshold, temperature=temperature)
+    temperature, threshold = calibrate_families(logits, truth, rule)
+    att = AttributionConfig(families, rule=rule, threshold=threshold, temperature=temperature)
     report = val_report(att, logits, truth)
     if others:
         other_logits, _ = picture_family_logits(model, others, tokens, cfg, [0] * len(others))
@@ -71,7 +72,7 @@ def fit_attribution(model: torch.nn.Module, cfg: DetectorConfig, train: list[Sam
         report["val_no_family_pictures"] = len(other_logits)
     report["train_pictures"] = family_counts(fit)
     log.info("attribution: %d families %s; val accuracy %.3f, known named %.3f, %s threshold %.3f",
-             len(families), list(families), report["val_accuracy_named"], report["val_named_rate"], RULE, threshold)
+             len(families), list(families), report["val_accuracy_named"], report["val_named_rate"], rule, threshold)
     cfg = dataclasses.replace(cfg, attribution=att, metrics={**cfg.metrics, "attribution": report})
     return model, cfg
 

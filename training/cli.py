@@ -124,6 +124,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'auto': with --head blocks, also fit a generator-family head on the fakes whose family the "
                         "manifest's family column or their generator names (training/families.py), with an "
                         "'unknown' answer for families it never saw; 'none': no family head")
+    p.add_argument("--family-rule", choices=("energy", "max-softmax"), default=D["family_rule"],
+                   help="the family head's open-set rule: 'unknown' below a val-chosen threshold of the energy "
+                        "(default) or of the top family's probability")
     p.add_argument("--patience", type=int, default=D["patience"], help="stop after this many epochs without val AUC gain")
     p.add_argument("--save-every", type=int, default=D["save_every"], help="also write last/ every N optimizer steps")
     p.add_argument("--max-steps", type=int, default=D["max_steps"], help="stop after N optimizer steps (resumable)")

@@ -86,6 +86,8 @@ class TrainConfig:
     # "auto": after the verdict head, fit a generator-family head (training/attribution.py) when the
     # data names at least two families and the head is "blocks"; "none": no family head.
     families: str = "auto"
+    # The family head's open-set rule (models/core/config.py OPEN_SET_RULES): "energy" or "max-softmax".
+    family_rule: str = "energy"
     seed: int = 0
     workers: int = 0
     prefetch_factor: int = 2
@@ -124,6 +126,8 @@ class TrainConfig:
             (self.head in HEADS, f"--head {self.head!r}: choose one of {HEADS}"),
             (self.balance in BALANCES, f"--balance {self.balance!r}: choose one of {BALANCES}"),
             (self.families in ("auto", "none"), f"--families {self.families!r}: choose 'auto' or 'none'"),
+            (self.family_rule in ("energy", "max-softmax"),
+             f"--family-rule {self.family_rule!r}: choose 'energy' or 'max-softmax'"),
             (self.lora_rank >= 0, f"--lora-rank {self.lora_rank}: must be >= 0"),
             (not ((self.lora_rank or self.tune_blocks) and self.head != "blocks"),
              "--lora-rank/--tune-blocks adapt the backbone under --head blocks; add --head blocks"),
