@@ -111,8 +111,8 @@ def test_training_fits_a_family_head_with_a_threshold_chosen_on_val(runs):
     report = cfg.metrics["attribution"]
     counts = np.array(report["val_confusion"]["counts"])
     assert report["val_confusion"]["columns"] == [*FAMILIES, UNKNOWN] and counts.sum() == report["val_pictures"] == 18
-    # about KEEP_KNOWN (95%) of val's known pictures keep a name, and the planted traces are learned
-    assert report["val_named_rate"] >= 0.9 and report["val_accuracy_named"] >= 0.8
+    # about family_keep (90%) of val's known pictures keep a name, and the planted traces are learned
+    assert 0.8 <= report["val_named_rate"] < 1.0 and report["val_accuracy_named"] >= 0.8
     assert report["val_no_family_pictures"] == 3  # the "mystery" generator's val fakes were measured too
     # served: test-free val images of each family mostly get their own name (or unknown), never real's null
     det = load_detector(best, "eager", "cpu")

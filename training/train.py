@@ -245,7 +245,7 @@ def finalize_best(run: Run) -> tuple[Path | None, float]:
     if run.cfg.families == "auto" and calibrated.head == "blocks" and not calibrated.attribution.families:
         model, calibrated = fit_attribution(model, calibrated, readable_train(run), kept,
                                             token_reader(run, model), run.cfg.feature_views if run.features else 0,
-                                            run.cfg.seed, run.cfg.family_rule)
+                                            run.cfg.seed, run.cfg.family_rule, run.cfg.family_keep)
         if calibrated.attribution.families:
             save_model_dir(best_dir, model, calibrated)  # the family head joins the weights before the version
     calibrated = dataclasses.replace(

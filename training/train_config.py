@@ -88,6 +88,9 @@ class TrainConfig:
     families: str = "auto"
     # The family head's open-set rule (models/core/config.py OPEN_SET_RULES): "energy" or "max-softmax".
     family_rule: str = "energy"
+    # The open-set threshold keeps this share of val pictures of known families named; the rest is the
+    # price of calling more of an unseen family "unknown" (chosen on bench/generalization.py's folds).
+    family_keep: float = 0.9
     seed: int = 0
     workers: int = 0
     prefetch_factor: int = 2
@@ -126,6 +129,7 @@ class TrainConfig:
             (self.head in HEADS, f"--head {self.head!r}: choose one of {HEADS}"),
             (self.balance in BALANCES, f"--balance {self.balance!r}: choose one of {BALANCES}"),
             (self.families in ("auto", "none"), f"--families {self.families!r}: choose 'auto' or 'none'"),
+            (0.5 <= self.family_keep <= 1.0, f"--family-keep {self.family_keep}: must be within [0.5, 1]"),
             (self.family_rule in ("energy", "max-softmax"),
              f"--family-rule {self.family_rule!r}: choose 'energy' or 'max-softmax'"),
             (self.lora_rank >= 0, f"--lora-rank {self.lora_rank}: must be >= 0"),
