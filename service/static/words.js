@@ -17,14 +17,15 @@ export function reasonWords(reason) {
 
 // the generator family beside a verdict (never for "real"): "unknown" is the open-set answer
 export const UNKNOWN_FAMILY = "Looks synthetic, but like none of the generator families this model knows " +
-  "(no family reached its confidence bar).";
+  "(no family fired strongly enough).";
 
 /** {text, title} for a family answer, or null when there is none (real, or a model without a family head). */
 export function familyWords(family, score, fmt) {
   if (family == null) return null;
   const at = score == null ? "" : ` (${fmt(score)})`;
   if (family === "unknown") return { text: `unknown${at}: ${UNKNOWN_FAMILY}`, title: UNKNOWN_FAMILY };
-  return { text: `${family}${at}`, title: "The generator family this picture most resembles, and its probability." };
+  return { text: `${family}${at}`, title: "The generator family this picture most resembles among the ones this " +
+    "model knows, and its probability among them: evidence of resemblance, not proof of which tool made it." };
 }
 
 export function verdictWords(label) {
