@@ -13,6 +13,8 @@ threshold), and tests on the left-out pictures of the train and val splits (neve
   (the outside failure in miniature: a kind of real photo the detector never saw).
 AUC is given for the resized view (the shrunk files), the native view (realfake-native's crops)
 and multi-view (both, combined by the fold's rule, as the service scores a picture).
+A family fold also reports what the fold's family head (trained without the left-out family) answers
+for its pictures: judged real (family null), `unknown`, or a (necessarily wrong) family name.
 
 Frozen-backbone folds read the shared feature cache (one extraction for all folds: 42 min
 on 2 busy cores from empty, plus the twins; a fold then takes 15-90 s). Needs ../shared/datasets;
