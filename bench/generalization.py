@@ -129,7 +129,7 @@ def file_logits(model, det, bank: FeatureBank, samples: list[Sample], batch: int
     with torch.inference_mode():
         for i in range(0, len(samples), batch):
             x = np.stack([file_view(decode_image(s.path)[0], det.preprocess) for s in samples[i : i + batch]])
-            out.append(model(torch.from_numpy(x)).float().reshape(-1).numpy())
+            out.append(model(torch.from_numpy(x)).float().reshape(len(x), -1)[:, 0].numpy())  # the verdict logit
     return np.concatenate(out)
 
 
