@@ -31,6 +31,7 @@ from service.score import (
     Summary,
     already_complete,
     job_header,
+    output_errors,
     read_and_prepare,
     score_prepared,
 )
@@ -134,6 +135,8 @@ def score_files_ray(
         )
     parts = out.with_name(out.name + ".ray-parts")
     shutil.rmtree(parts, ignore_errors=True)
+    with output_errors(out):  # an unwritable -o fails here, in one line, before any picture is scored
+        parts.mkdir(parents=True)
     started = connect(address)
     try:
         actors, gpus = _actor_plan(opts)
@@ -163,6 +166,7 @@ def score_files_ray(
         table = table.filter(pc.equal(table["label"], "synthetic"))
     if opts.overwrite:
         shutil.rmtree(state_dir(out), ignore_errors=True)
-    write_table(table.select(list(COLUMNS)), out)
+    with output_errors(out):
+        write_table(table.select(list(COLUMNS)), out)
     shutil.rmtree(parts, ignore_errors=True)
     return Summary(len(inputs), scored, flagged, errors, 0, time.perf_counter() - start)

@@ -52,3 +52,16 @@ def test_ray_engine_matches_local_engine(local_ray, inputs, tiny_checkpoint, tmp
     assert again.already_complete and (again.scored, again.errors) == (len(inputs) - 1, 1)
     with pytest.raises(ValueError, match="already exists"):  # another job's output is not overwritten
         score_files_ray(inputs[:-1], tmp_path / "ray.parquet", opts)
+
+
+def test_ray_engine_on_a_read_only_output_fails_in_one_line_before_scoring(inputs, tiny_checkpoint, tmp_path):
+    """No Ray start, no picture scored: the unwritable -o is found first (exit 3 through `fakelens`)."""
+    from service.ray_engine import score_files_ray
+    from service.score import OutputError
+    from tests.media_helpers import tmpfs
+
+    opts = ScoreOptions(str(tiny_checkpoint), "eager", "cpu", batch_size=3, workers=1, progress=False)
+    with tmpfs(tmp_path / "ro", "size=1m,ro") as mount:
+        with pytest.raises(OutputError, match="Read-only file system") as err:
+            score_files_ray(inputs, mount / "scores.parquet", opts, address="ray://127.0.0.1:1")  # never reached
+        assert "-o" in str(err.value) and not any(mount.iterdir())
