@@ -26,6 +26,7 @@ from models.core.drift import (
     read_stream,
     reference_stream,
     stream_from_scores,
+    subtract,
 )
 from models.core.preprocess import calibrated_probability
 from models.core.verdict import LABELS, labels_for
@@ -374,3 +375,74 @@ def test_a_file_mixing_model_versions_needs_one_picked(cfg, tmp_path):
         read_stream(mixed)
     assert read_stream(mixed, "other").n == 200
     assert drift(a, mixed, "--model-version", "sim") == 0
+
+
+# ---- generator families -----------------------------------------------------------------------
+
+
+def family_answers(p: np.ndarray, cfg: DetectorConfig, seed: int, unknown: float) -> list:
+    """A family for every answer not judged real: `unknown` with probability `unknown`, else one of three."""
+    rng = np.random.default_rng(seed)
+    return [None if label == "real" else ("unknown" if rng.random() < unknown else ["sd15", "gpt-4o", "gan"][i % 3])
+            for i, label in enumerate(labels_for(p, cfg))]
+
+
+def write_family_scores(path, p: np.ndarray, cfg: DetectorConfig, families: list) -> None:
+    from service.writers import arrow_schema
+
+    rows = [{c: None for c in COLUMNS} | {"path": f"img{i}.jpg", "score": float(s), "label": label, "family": f,
+                                          "family_score": None if f is None else 0.9, "threshold": cfg.threshold,
+                                          "model": cfg.name, "model_version": cfg.version, "reason": "model"}
+            for i, (s, label, f) in enumerate(zip(p, labels_for(p, cfg), families, strict=True))]
+    write_table(pa.Table.from_pylist(rows, schema=arrow_schema()), path)
+
+
+def test_a_rising_unknown_family_share_alerts_while_the_scores_stay_put(cfg, tmp_path, capsys):
+    """The same scores and verdicts, but a third of the fakes now look like no known family: a new
+    generator entering the stream shows in `family:unknown` alone."""
+    p = scores(cfg, 40)
+    a, b, c = tmp_path / "a.jsonl", tmp_path / "b.csv", tmp_path / "c.parquet"
+    write_family_scores(a, p, cfg, family_answers(p, cfg, 1, unknown=0.05))
+    write_family_scores(b, p, cfg, family_answers(p, cfg, 2, unknown=0.05))
+    write_family_scores(c, p, cfg, family_answers(p, cfg, 3, unknown=0.35))
+    assert drift(a, b) == 0
+    capsys.readouterr()
+    assert drift(a, c, "--json") == 1
+    report = json.loads(capsys.readouterr().out)
+    by = {f["statistic"]: f for f in report["findings"]}
+    assert by["family:unknown"]["level"] == "drift" and by["family:unknown"]["significant"]
+    assert by["family:unknown"]["value"] == pytest.approx(0.3, abs=0.05)
+    assert by["psi"]["value"] == pytest.approx(0.0, abs=1e-12)  # the scores did not move
+    assert report["current"]["family_shares"]["unknown"] > 0.3
+
+
+def test_family_shares_are_compared_only_where_both_streams_have_them(cfg, tmp_path, capsys):
+    p = scores(cfg, 41)
+    with_f, without = tmp_path / "f.jsonl", tmp_path / "plain.jsonl"
+    write_family_scores(with_f, p, cfg, family_answers(p, cfg, 4, unknown=0.1))
+    write_scores(without, p, cfg)
+    assert drift(without, with_f, "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert not any(f["statistic"].startswith("family:") for f in report["findings"])
+    assert any("family shares not compared" in n for n in report["notes"])
+
+
+def test_a_scrape_carries_the_family_counter(cfg):
+    registry = CollectorRegistry()
+    hist = Histogram("fakelens_score", "scores", ("model_name", "model_version"), buckets=SCORE_BUCKETS,
+                     registry=registry)
+    fam = Counter("fakelens_families", "families", ("model_name", "model_version", "family"), registry=registry)
+    p = scores(cfg, 42, n=300)
+    answers = family_answers(p, cfg, 5, unknown=0.2)
+    for s, f in zip(p, answers, strict=True):
+        hist.labels(cfg.name, "v1").observe(s)
+        if f:
+            fam.labels(cfg.name, "v1", f).inc()
+    early = parse_metrics(generate_latest(registry).decode(), "early")
+    for _ in range(10):
+        fam.labels(cfg.name, "v1", "unknown").inc()
+        hist.labels(cfg.name, "v1").observe(0.9)
+    later = parse_metrics(generate_latest(registry).decode(), "later")
+    want = {f: float(answers.count(f)) for f in set(answers) if f}
+    assert early.families == want
+    assert subtract(later, early).families == {"unknown": 10.0}

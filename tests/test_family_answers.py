@@ -15,6 +15,7 @@ import dataclasses
 import io
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -301,10 +302,12 @@ def http(family_checkpoint, tmp_path_factory):
 def test_server_answers_carry_family(http, local):
     """/detect, /detect_batch, face mode, /explain, /detect_video and the drift metrics, on one server."""
     files = images()
+    recorded = []  # the answers the drift metrics count
     for name, data in files.items():
         r = http.post("/detect", files={"image": (name, data)})
         assert r.status_code == 200, r.text
         assert_matches(r.json(), expected(local, data), name)
+        recorded.append(r.json())
 
     jpegs = {}
     for name in ("red.png", "white.png", "black.png"):
@@ -320,6 +323,7 @@ def test_server_answers_carry_family(http, local):
     results = r.json()["results"]
     assert all("error" in a and "family" not in a for a in results[2:4])
     del results[2:4]
+    recorded += results
     got = {a["family"] for a in results}
     assert None in got and UNKNOWN in got and got & set(local.config.attribution.families)
     for name, answer in zip(names, results, strict=True):
@@ -330,6 +334,7 @@ def test_server_answers_carry_family(http, local):
     signed = c2pa_signed_jpeg()
     body = http.post("/detect", files={"image": ("signed.jpg", signed)}).json()
     assert body["reason"] == "declared"
+    recorded.append(body)
     assert_matches(body, expected(local, signed, body["provenance"], jpeg=True))
     assert body["family"] is not None
 
@@ -373,7 +378,9 @@ def test_server_answers_carry_family(http, local):
 
     text = http.get("/metrics").text
     stream = parse_metrics(text, "/metrics")
-    assert stream.counts.sum() == 2 * len(files) + len(jpegs) + 1
+    assert stream.counts.sum() == 2 * len(files) + len(jpegs) + 1 == len(recorded)
+    families = Counter(a["family"] for a in recorded if a["family"] is not None)
+    assert stream.families == {k: float(v) for k, v in families.items()} and families  # fakelens_families_total
     # the JPEGs really took the model process's decode path (`score_jpeg`)
     decoded = re.findall(r"^fakelens_model_device_decoded_images_total(?:\{[^}]*\})? ([0-9.e+]+)$", text, re.M)
     assert sum(float(v) for v in decoded) >= len(jpegs) + 1

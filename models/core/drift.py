@@ -16,6 +16,10 @@ effect-size levels (`Levels`, docs/drift.md):
 - KS, the largest gap between the two cumulative score distributions (exact when both
   streams carry their scores, else on the bucket edges, where it can only be smaller).
 - The shift of each verdict's share (`real`, `uncertain`, `synthetic`), in points.
+- Where both streams carry generator families (score rows' `family`, the service's
+  `fakelens_families_total`): the shift of each family's share among the attributed answers,
+  `unknown` included. A rising `unknown` share is a generator the model never saw entering
+  the stream.
 
 A level above "none" counts only when the statistic is also beyond sampling noise at
 p < 0.001 (chi-square for PSI, the two-sample KS bound, a two-proportion z-test for the
@@ -47,6 +51,7 @@ SCORE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.4, 0.
 N_BINS = len(SCORE_BUCKETS) + 1  # plus Prometheus' +Inf bucket (always empty for a probability)
 HISTOGRAM = "fakelens_score"  # exported as fakelens_score_bucket / _count / _sum
 VERDICTS = "fakelens_verdicts"  # exported as fakelens_verdicts_total{verdict=...}
+FAMILIES = "fakelens_families"  # exported as fakelens_families_total{family=...} (attributed answers only)
 METRIC_LABELS = ("model_name", "model_version")
 REFERENCE_KEY = "score_reference"  # DetectorConfig.metrics[REFERENCE_KEY]
 LEVEL_ORDER = ("none", "moderate", "drift")
@@ -87,6 +92,8 @@ class Stream:
     verdicts: dict[str, float]
     scores: np.ndarray | None = None
     skipped: int = 0  # error rows (or unscored rows) left out
+    # family answer -> count, over the answers that carry a family (not `real`); empty: not recorded
+    families: dict[str, float] = field(default_factory=dict)
 
     @property
     def n(self) -> float:
@@ -100,10 +107,14 @@ class Stream:
         n = self.n_verdicts
         return {v: (self.verdicts.get(v, 0.0) / n if n else 0.0) for v in LABELS}
 
+    def family_shares(self) -> dict[str, float]:
+        n = sum(self.families.values())
+        return {f: (c / n if n else 0.0) for f, c in sorted(self.families.items())}
+
 
 @dataclass(frozen=True)
 class Finding:
-    statistic: str  # "psi", "ks", "share:real", "share:uncertain", "share:synthetic"
+    statistic: str  # "psi", "ks", "share:real", "share:uncertain", "share:synthetic", "family:<name>"
     value: float  # PSI, KS distance, or the share's change (current - reference, a fraction)
     level: str  # the effect-size level, before significance
     significant: bool  # beyond sampling noise at Levels.alpha
@@ -129,7 +140,8 @@ class DriftReport:
 
     def to_dict(self) -> dict[str, Any]:
         def side(s: Stream) -> dict[str, Any]:
-            return {"name": s.name, "n": s.n, "skipped": s.skipped, "shares": s.shares()}
+            return {"name": s.name, "n": s.n, "skipped": s.skipped, "shares": s.shares(),
+                    "family_shares": s.family_shares()}
 
         return {
             "level": self.level,
@@ -167,9 +179,15 @@ def verdict_counts(labels) -> dict[str, float]:
     return {v: float(sum(1 for label in found if label == v)) for v in LABELS}
 
 
-def stream_from_scores(scores, labels, name: str, skipped: int = 0) -> Stream:
+def stream_from_scores(scores, labels, name: str, skipped: int = 0, families=None) -> Stream:
+    """`families`: each row's family answer (None where it has none: real, or no family head)."""
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    return Stream(name=name, counts=bucket_counts(s), verdicts=verdict_counts(labels), scores=s, skipped=skipped)
+    found: dict[str, float] = {}
+    for f in families or []:
+        if f:
+            found[str(f)] = found.get(str(f), 0.0) + 1.0
+    return Stream(name=name, counts=bucket_counts(s), verdicts=verdict_counts(labels), scores=s, skipped=skipped,
+                  families=found)
 
 
 def reference_from_validation(probs, labels, cfg) -> dict[str, Any]:
@@ -298,22 +316,38 @@ def compare(reference: Stream, current: Stream, levels: Levels = Levels()) -> Dr
     z_crit = _normal_quantile(levels.alpha / 2)
     nr, nc = reference.n_verdicts, current.n_verdicts
     if nr > 0 and nc > 0:
-        ref_shares, cur_shares = reference.shares(), current.shares()
-        for v in LABELS:
-            pr, pc = ref_shares[v], cur_shares[v]
-            pooled = (pr * nr + pc * nc) / (nr + nc)
-            se = math.sqrt(pooled * (1 - pooled) * (1 / nr + 1 / nc))
-            delta = pc - pr
-            significant = se > 0 and abs(delta) / se > z_crit
-            findings.append(Finding(f"share:{v}", delta, _level(abs(delta), levels.share), significant,
-                                    f"{pr:6.1%} -> {pc:6.1%} ({delta * 100:+.1f} points)"))
+        findings += share_findings("share", reference.shares(), nr, current.shares(), nc, z_crit, levels)
+    fr, fc = sum(reference.families.values()), sum(current.families.values())
+    if fr > 0 and fc > 0:
+        ref_f, cur_f = reference.family_shares(), current.family_shares()
+        names = sorted(set(ref_f) | set(cur_f))
+        findings += share_findings("family", {f: ref_f.get(f, 0.0) for f in names}, fr,
+                                   {f: cur_f.get(f, 0.0) for f in names}, fc, z_crit, levels)
     notes = []
+    if (fr > 0) != (fc > 0):
+        notes.append("family shares not compared: only one stream records generator families (score rows of a "
+                     "model with a family head, or the service's fakelens_families_total)")
     if current.n < FEW_SCORES:
         notes.append(f"{current.name} holds only {current.n:.0f} scores: only a large shift can be told from "
                      f"noise; compare {FEW_SCORES} or more")
     if nr <= 0 or nc <= 0:
         notes.append("verdict shares not compared: one stream has no verdict counts")
     return DriftReport(reference, current, tuple(findings), tuple(notes))
+
+
+def share_findings(kind: str, ref: dict[str, float], nr: float, cur: dict[str, float], nc: float, z_crit: float,
+                   levels: Levels) -> list[Finding]:
+    """Each share's shift with its level and a two-proportion z-test (pooled standard error)."""
+    out = []
+    for key, pr in ref.items():
+        pc = cur[key]
+        pooled = (pr * nr + pc * nc) / (nr + nc)
+        se = math.sqrt(pooled * (1 - pooled) * (1 / nr + 1 / nc))
+        delta = pc - pr
+        significant = se > 0 and abs(delta) / se > z_crit
+        out.append(Finding(f"{kind}:{key}", delta, _level(abs(delta), levels.share), significant,
+                           f"{pr:6.1%} -> {pc:6.1%} ({delta * 100:+.1f} points)"))
+    return out
 
 
 # ---- readers ------------------------------------------------------------------------------
@@ -387,7 +421,7 @@ def _parquet_rows(path: Path):
 
     try:
         schema = pq.read_schema(path)
-        columns = [c for c in ("score", "label", "error", "model_version") if c in schema.names]
+        columns = [c for c in ("score", "label", "error", "model_version", "family") if c in schema.names]
         table = pq.read_table(path, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise DriftInputError(f"{path}: not a readable Parquet file ({str(e)[:200]})") from None
@@ -399,7 +433,7 @@ def _parquet_rows(path: Path):
 def _rows_stream(rows, name: str, model_version: str | None) -> Stream:
     """Score rows -> Stream. Rows with an `error` (undecodable files) or without a score are
     skipped and counted; a row with a score that is not a probability stops the read."""
-    scores, labels, versions, skipped = [], [], set(), 0
+    scores, labels, families, versions, skipped = [], [], [], set(), 0
     for number, row in rows:
         if "score" not in row:
             raise DriftInputError(f"{name}:{number}: the row has no `score`; is it a `fakelens score` output?")
@@ -420,6 +454,7 @@ def _rows_stream(rows, name: str, model_version: str | None) -> Stream:
             raise DriftInputError(f"{name}:{number}: label {label!r} is not one of {', '.join(LABELS)}")
         scores.append(score)
         labels.append(label)
+        families.append(row.get("family") or None)
         if version is not None:
             versions.add(str(version))
     if len(versions) > 1:
@@ -428,7 +463,7 @@ def _rows_stream(rows, name: str, model_version: str | None) -> Stream:
     if not scores:
         raise DriftInputError(f"{name} holds no scored rows ({skipped} rows skipped for errors)"
                               + (f" for model version {model_version}" if model_version else ""))
-    return stream_from_scores(scores, labels, name, skipped)
+    return stream_from_scores(scores, labels, name, skipped, families)
 
 
 # ---- Prometheus text format -----------------------------------------------------------------
@@ -442,6 +477,7 @@ def parse_metrics(text: str, name: str, model_version: str | None = None) -> Str
     Counts are cumulative since the service started (subtract an earlier scrape for a window)."""
     buckets: dict[tuple[str, str], dict[float, float]] = {}
     verdicts: dict[tuple[str, str], dict[str, float]] = {}
+    families: dict[tuple[str, str], dict[str, float]] = {}
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
@@ -449,7 +485,7 @@ def parse_metrics(text: str, name: str, model_version: str | None = None) -> Str
         if not match:
             raise DriftInputError(f"{name}:{number}: not a Prometheus sample line: {line[:80]!r}")
         metric, raw_labels, raw_value = match.groups()
-        if metric not in (f"{HISTOGRAM}_bucket", f"{VERDICTS}_total", VERDICTS):
+        if metric not in (f"{HISTOGRAM}_bucket", f"{VERDICTS}_total", VERDICTS, f"{FAMILIES}_total", FAMILIES):
             continue
         labels = dict(_LABEL.findall(raw_labels or ""))
         try:
@@ -459,6 +495,8 @@ def parse_metrics(text: str, name: str, model_version: str | None = None) -> Str
         key = (labels.get("model_name", ""), labels.get("model_version", ""))
         if metric == f"{HISTOGRAM}_bucket":
             buckets.setdefault(key, {})[float(labels.get("le", "nan").replace("Inf", "inf"))] = value
+        elif metric.startswith(FAMILIES):
+            families.setdefault(key, {})[labels.get("family", "")] = value
         else:
             verdicts.setdefault(key, {})[labels.get("verdict", "")] = value
     if not buckets:
@@ -480,14 +518,18 @@ def parse_metrics(text: str, name: str, model_version: str | None = None) -> Str
     if (counts < 0).any():
         raise DriftInputError(f"{name}: the {HISTOGRAM} buckets are not cumulative; is the scrape intact?")
     found = verdicts.get(keys[0], {})
-    return Stream(f"{name} ({keys[0][0]}:{keys[0][1]})", counts, {v: float(found.get(v, 0.0)) for v in LABELS})
+    return Stream(f"{name} ({keys[0][0]}:{keys[0][1]})", counts, {v: float(found.get(v, 0.0)) for v in LABELS},
+                  families=dict(families.get(keys[0], {})))
 
 
 def subtract(later: Stream, earlier: Stream) -> Stream:
     """The window between two scrapes of the same service: later minus earlier."""
     counts = later.counts - earlier.counts
     verdicts = {v: later.verdicts[v] - earlier.verdicts[v] for v in LABELS}
-    if (counts < 0).any() or min(verdicts.values()) < 0:
+    families = {f: later.families.get(f, 0.0) - earlier.families.get(f, 0.0)
+                for f in set(later.families) | set(earlier.families)}
+    if (counts < 0).any() or min(verdicts.values()) < 0 or min(families.values(), default=0) < 0:
         raise DriftInputError(f"counts went down from {earlier.name} to {later.name}: the service restarted in "
                               "between; take both scrapes from the same run")
-    return Stream(f"{later.name} since {earlier.name}", counts, verdicts)
+    return Stream(f"{later.name} since {earlier.name}", counts, verdicts,
+                  families={f: c for f, c in families.items() if c > 0})
