@@ -209,3 +209,15 @@ def test_the_open_set_rule_is_a_training_choice(runs, tmp_path, monkeypatch):
     assert cfg.attribution.temperature == energy.attribution.temperature  # the rule changes only the threshold
     with pytest.raises(ValueError, match="--family-rule"):
         _cfg(data, tmp_path / "x", family_rule="entropy")
+
+
+def test_the_model_store_records_the_families(family_checkpoint):
+    """What `fakelens export` registers: the families as a label, the open-set rule in the metadata."""
+    from models.runtime.metadata import build_metadata
+    from models.runtime.store import _labels, _store_metadata
+
+    meta = build_metadata(DetectorConfig.load(family_checkpoint / "detector.json"))
+    assert _labels(meta)["families"] == "alpha,beta,gamma"
+    stored = _store_metadata(meta)
+    assert stored["attribution"]["rule"] == "max-softmax" and stored["output"]["shape"] == ["batch", 4]
+    json.dumps(stored)  # plain JSON, as BentoML requires

@@ -30,6 +30,7 @@ def _labels(meta: dict[str, Any]) -> dict[str, str]:
         "exporter": str(meta.get("exporter", "")),
         "val_auc": "" if auc is None else f"{float(auc):.4f}",
         "data_fingerprint": str(meta.get("data_fingerprint", "")),
+        "families": ",".join((meta.get("attribution") or {}).get("families") or []),
     }
 
 
@@ -37,7 +38,7 @@ def _store_metadata(meta: dict[str, Any]) -> dict[str, Any]:
     """BentoML metadata must be plain JSON values; keep the facts a reader of the store needs."""
     keep = ("version", "arch", "model_kwargs", "preprocess", "temperature", "threshold", "target_fpr",
             "metrics", "data_fingerprint", "export_time", "opset", "exporter", "weights_sha256", "files",
-            "parity", "variants")
+            "parity", "variants", "attribution", "output")
     return _no_none(json.loads(json.dumps({k: meta[k] for k in keep if k in meta})))
 
 
