@@ -3,8 +3,10 @@
     .venv/bin/python -m bench.soak                          # 15 minutes of mixed load from 16 clients
     .venv/bin/python -m bench.soak --minutes 2 --clients 32 # a burst: is idle latency back afterwards?
     .venv/bin/python -m bench.soak --baseline /tmp/base      # the same run against another checkout first
+    .venv/bin/python -m bench.soak --model default           # the shipped CLIP detector, family head included
 
-Starts the service on a random-weight vit_tiny_patch16_224 (224 px, as bench/serve_load.py) and:
+Starts the service on a random-weight vit_tiny_patch16_224 (224 px, as bench/serve_load.py), or on
+`--model` (e.g. `default`: the shipped detector, whose answers carry a generator family), and:
 1. idle latency: the median of 10 sequential /detect requests, nothing else running;
 2. load: `--clients` closed-loop clients for `--minutes`, a mix of /detect, /detect_batch (4 images),
    face mode, a truncated file and a bad form option, printing once a minute the RSS of every
@@ -75,6 +77,7 @@ def mixed_request(i: int, images: list[bytes]) -> tuple[str, dict]:
 
 async def load(url: str, images: list[bytes], clients: int, seconds: float, pid: int) -> None:
     statuses: Counter = Counter()
+    families: Counter = Counter()  # the `family` of the plain /detect answers
     stop_at = time.monotonic() + seconds
     counter = iter(range(10**9))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
@@ -84,7 +87,10 @@ async def load(url: str, images: list[bytes], clients: int, seconds: float, pid:
             while time.monotonic() < stop_at:
                 path, kw = mixed_request(next(counter), images)
                 try:
-                    statuses[(await client.post(path, **kw)).status_code] += 1
+                    r = await client.post(path, **kw)
+                    statuses[r.status_code] += 1
+                    if r.status_code == 200 and path == "/detect":
+                        families[r.json().get("family") or "null"] += 1
                 except httpx.HTTPError:
                     statuses[-1] += 1
 
@@ -95,7 +101,8 @@ async def load(url: str, images: list[bytes], clients: int, seconds: float, pid:
                 minute += 1
                 procs = ", ".join(f"{role}[{p}] {mb:.0f} MB" for role, p, mb in rss_by_process(pid))
                 print(f"  min {minute:2d} ({time.monotonic() - start:4.0f} s): {procs}; answered "
-                      f"{dict(sorted(statuses.items()))}", flush=True)
+                      f"{dict(sorted(statuses.items()))}; /detect families {dict(sorted(families.items()))}",
+                      flush=True)
 
         await asyncio.gather(reporter(), *(worker() for _ in range(clients)))
 
@@ -128,10 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
     ap.add_argument("--after", type=int, default=60, help="seconds of idle-latency samples after the load")
     ap.add_argument("--baseline", type=Path, default=None, help="another checkout to run first, the same way")
+    ap.add_argument("--model", default=None, help="a model to serve (e.g. 'default'); none: a random tiny ViT")
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        model = Path(tmp) / "model"
-        save_model(model)
+        model = args.model or Path(tmp) / "model"
+        if args.model is None:
+            save_model(model)
         runs = [("baseline", args.baseline), ("this", REPO)] if args.baseline else [("this", REPO)]
         for name, repo in runs:
             soak(name, model, Path(tmp), repo, args)
