@@ -40,8 +40,7 @@ def softmax(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 def aggregate_outputs(view_outputs: np.ndarray, counts: list[int], cfg: DetectorConfig) -> np.ndarray:
     """Per-picture outputs (N x C) from per-view outputs (V x C), each column combined over a
     picture's views by the scale policy's rule (`aggregate_views`)."""
-    out = np.asarray(view_outputs, dtype=np.float64).reshape(-1, cfg.outputs)
-    return np.stack([aggregate_views(out[:, c], counts, cfg.preprocess) for c in range(cfg.outputs)], axis=1)
+    return aggregate_views(np.asarray(view_outputs, dtype=np.float64).reshape(-1, cfg.outputs), counts, cfg.preprocess)
 
 
 def score_rows(outputs: np.ndarray, cfg: DetectorConfig) -> np.ndarray:

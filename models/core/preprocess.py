@@ -405,16 +405,18 @@ def eval_views(img: Image.Image, pre: PreprocessConfig) -> np.ndarray:
 def aggregate_views(view_logits: np.ndarray, counts: list[int], pre: PreprocessConfig) -> np.ndarray:
     """Per-image logit from its views (`plan_views` order): with both scales,
     (1 - native_weight) * resized + native_weight * mean(native views); otherwise the mean. A
-    picture that yielded one view (nothing finer to see natively) is that view's logit."""
+    picture that yielded one view (nothing finer to see natively) is that view's logit. Views x C
+    outputs (the verdict logit, then family logits) combine column by column into images x C."""
+    z = np.asarray(view_logits, dtype=np.float64)
     both = set(pre.scales) == {"resized", "native"} and pre.crop_mode == "crop"
-    out = np.empty(len(counts), dtype=np.float64)
+    out = np.empty((len(counts), *z.shape[1:]), dtype=np.float64)
     start = 0
     for i, n in enumerate(counts):
-        part = np.asarray(view_logits[start : start + n], dtype=np.float64)
+        part = z[start : start + n]
         if both and n > 1:
-            out[i] = (1 - pre.native_weight) * part[0] + pre.native_weight * float(np.mean(part[1:]))
+            out[i] = (1 - pre.native_weight) * part[0] + pre.native_weight * part[1:].mean(axis=0)
         else:
-            out[i] = float(np.mean(part))
+            out[i] = part.mean(axis=0)
         start += n
     return out
 
