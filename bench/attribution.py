@@ -25,9 +25,9 @@ from models.core.checkpoint import load_model_dir
 from models.core.dataset import Sample, list_samples
 from models.core.preprocess import calibrated_probability
 from models.core.verdict import label_for
-from training.attribution import combine_pictures, family_logits
 from training.families import family_of
-from training.feature_bank import FeatureBank, frozen_recipe, head_logits
+from training.feature_bank import FeatureBank, frozen_recipe, head_logits, head_outputs
+from training.scale_rule import picture_rows
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DATASETS = ("realfake-dev", "realfake-train", "realfake-native", "realfake-families")
@@ -47,13 +47,8 @@ def picture_answers(model, det, bank: FeatureBank, fakes: list[Sample]) -> tuple
     """(row name, answer) per picture: the verdict and the family answer of its combined views
     (REAL where the verdict is real, so the family is null). Also used by bench/generalization.py."""
     feats = bank.features(fakes)
-    z = np.c_[head_logits(model.head, feats), family_logits(model.family_head, feats)]
-    w = det.preprocess.native_weight
-    rows = combine_pictures(fakes, z, w)
-    firsts: dict = {}
-    for s in fakes:
-        firsts.setdefault((s.picture or s.path, s.label), s)
-    reps = [firsts[k] for k in sorted(firsts)]
+    z = np.c_[head_logits(model.head, feats), head_outputs(model.family_head, feats)]
+    rows, reps = picture_rows(fakes, z, det.preprocess.native_weight)
     answers = []
     for r in rows:
         label = label_for(float(calibrated_probability(r[:1], det.temperature)[0]), det)

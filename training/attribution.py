@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections import defaultdict
 from collections.abc import Callable
 
 import numpy as np
@@ -31,6 +30,8 @@ from models.core.config import AttributionConfig, DetectorConfig
 from models.core.dataset import Sample
 from models.core.network import FamilyHead
 from training.families import family_counts, family_of, trainable_families
+from training.feature_bank import head_outputs
+from training.scale_rule import picture_rows
 
 log = logging.getLogger("fakelens.train")
 
@@ -62,12 +63,13 @@ def fit_attribution(model: torch.nn.Module, cfg: DetectorConfig, train: list[Sam
 
     known = [s for s in val if family_of(s) in index]
     others = [s for s in val if s.label == 1 and family_of(s) not in index]
-    logits, truth = picture_family_logits(model, known, tokens, cfg, [index[family_of(s)] for s in known])
+    logits, pictures = picture_family_logits(model, known, tokens, cfg)
+    truth = np.array([index[family_of(s)] for s in pictures], dtype=int)
     temperature, threshold = calibrate_families(logits, truth, rule, keep)
     att = AttributionConfig(families, rule=rule, threshold=threshold, temperature=temperature)
     report = val_report(att, logits, truth)
     if others:
-        other_logits, _ = picture_family_logits(model, others, tokens, cfg, [0] * len(others))
+        other_logits, _ = picture_family_logits(model, others, tokens, cfg)
         report["val_unknown_rate_no_family"] = float(np.mean([n == UNKNOWN for n in names(other_logits, att)]))
         report["val_no_family_pictures"] = len(other_logits)
     report["train_pictures"] = family_counts(fit)
@@ -100,48 +102,14 @@ def train_family_head(x: np.ndarray, y: np.ndarray, n_families: int, seed: int) 
     return head.eval()
 
 
-@torch.inference_mode()
-def family_logits(head: torch.nn.Module, x: np.ndarray, batch: int = 1024) -> np.ndarray:
-    head.eval()
-    out = [head(torch.from_numpy(x[i : i + batch].astype(np.float32))).float().numpy() for i in range(0, len(x), batch)]
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def picture_family_logits(model: torch.nn.Module, samples: list[Sample], tokens: TokenReader, cfg: DetectorConfig,
-                          truth: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Family logits per picture: its files' view-0 logits combined as the service combines the
-    views of one picture ((1 - w) * resized + w * native)."""
+def picture_family_logits(model: torch.nn.Module, samples: list[Sample], tokens: TokenReader,
+                          cfg: DetectorConfig) -> tuple[np.ndarray, list[Sample]]:
+    """Family logits per picture, its files' view-0 logits combined as the service combines the
+    views of one picture ((1 - w) * resized + w * native), and each picture's sample."""
     if not samples:
-        return np.zeros((0, len(model.family_head.out.bias))), np.zeros(0, dtype=int)
-    z = family_logits(model.family_head, tokens(samples, 0))
-    return combine_pictures(samples, z, cfg.preprocess.native_weight), np.array(
-        [t for _, t in sorted(_first_truth(samples, truth).items())])
-
-
-def _picture_key(s: Sample) -> tuple[str, int]:
-    return (s.picture or s.path, s.label)
-
-
-def _first_truth(samples: list[Sample], truth: list[int]) -> dict[tuple[str, int], int]:
-    out: dict[tuple[str, int], int] = {}
-    for s, t in zip(samples, truth, strict=True):
-        out.setdefault(_picture_key(s), t)
-    return out
-
-
-def combine_pictures(samples: list[Sample], z: np.ndarray, native_weight: float) -> np.ndarray:
-    """Rows of `z` (one per file) combined per picture, pictures in sorted key order."""
-    groups: dict[tuple[str, int], tuple[list, list]] = defaultdict(lambda: ([], []))
-    for s, row in zip(samples, z, strict=True):
-        groups[_picture_key(s)][1 if s.view == "native" else 0].append(row)
-    out = []
-    for key in sorted(groups):
-        resized, native = groups[key]
-        if resized and native:
-            out.append((1 - native_weight) * np.mean(resized, axis=0) + native_weight * np.mean(native, axis=0))
-        else:
-            out.append(np.mean(resized or native, axis=0))
-    return np.asarray(out)
+        return np.zeros((0, len(model.family_head.out.bias))), []
+    z = head_outputs(model.family_head, tokens(samples, 0))
+    return picture_rows(samples, z, cfg.preprocess.native_weight)
 
 
 def calibrate_families(logits: np.ndarray, truth: np.ndarray, rule: str, keep: float = KEEP_KNOWN) -> tuple[float, float]:

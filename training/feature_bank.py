@@ -63,10 +63,16 @@ class FeatureBank:
         return self.cache.has(sample_key(s), view)
 
 
-def head_logits(head: torch.nn.Module, feats: np.ndarray, batch: int = 1024) -> np.ndarray:
+def head_outputs(head: torch.nn.Module, feats: np.ndarray, batch: int = 1024) -> np.ndarray:
+    """N x C outputs of a head (the verdict head: C = 1; the family head: one per family) on cached tokens."""
     head.eval()
     out = []
     with torch.inference_mode():
         for i in range(0, len(feats), batch):
-            out.append(head(torch.from_numpy(feats[i : i + batch])).float().reshape(-1).numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+            z = head(torch.from_numpy(feats[i : i + batch].astype(np.float32, copy=False))).float()
+            out.append(z.reshape(len(z), -1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1))
+
+
+def head_logits(head: torch.nn.Module, feats: np.ndarray, batch: int = 1024) -> np.ndarray:
+    return head_outputs(head, feats, batch)[:, 0]

@@ -21,14 +21,15 @@ from models.core.metrics import roc_auc
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def _pictures(samples: list[Sample], logits: np.ndarray) -> list[tuple[list[float], list[float], Sample]]:
-    """(resized logits, native logits, a representative sample) per (picture, label).
+def _pictures(samples: list[Sample], logits: np.ndarray) -> list[tuple[list, list, Sample]]:
+    """(resized logits, native logits, a representative sample) per (picture, label); a logit may
+    be a row of outputs (the verdict logit, then family logits).
 
     The label is part of the key: a synthetic twin shares its real's picture id but is another picture."""
-    groups: dict[tuple[str, int], tuple[list[float], list[float], list[Sample]]] = defaultdict(lambda: ([], [], []))
+    groups: dict[tuple[str, int], tuple[list, list, list[Sample]]] = defaultdict(lambda: ([], [], []))
     for s, z in zip(samples, np.asarray(logits, dtype=np.float64), strict=True):
         resized, native, members = groups[(s.picture or s.path, s.label)]
-        (native if s.view == "native" else resized).append(float(z))
+        (native if s.view == "native" else resized).append(z)
         members.append(s)
     out = []
     for resized, native, members in groups.values():
@@ -37,17 +38,22 @@ def _pictures(samples: list[Sample], logits: np.ndarray) -> list[tuple[list[floa
     return out
 
 
-def combine(resized: list[float], native: list[float], weight: float) -> float:
+def combine(resized: list, native: list, weight: float):
     if resized and native:
-        return (1 - weight) * float(np.mean(resized)) + weight * float(np.mean(native))
-    return float(np.mean(resized or native))
+        return (1 - weight) * np.mean(resized, axis=0) + weight * np.mean(native, axis=0)
+    return np.mean(resized or native, axis=0)
+
+
+def picture_rows(samples: list[Sample], logits: np.ndarray, weight: float) -> tuple[np.ndarray, list[Sample]]:
+    """One logit (or row of outputs) per picture, its views combined, and the picture's sample."""
+    groups = _pictures(samples, logits)
+    return np.array([combine(r, n, weight) for r, n, _ in groups]), [rep for _, _, rep in groups]
 
 
 def picture_logits(samples: list[Sample], logits: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """One logit per picture (its views combined), its label and its source."""
-    rows = _pictures(samples, logits)
-    z = np.array([combine(r, n, weight) for r, n, _ in rows])
-    return z, np.array([rep.label for _, _, rep in rows]), [rep.source for _, _, rep in rows]
+    z, reps = picture_rows(samples, logits, weight)
+    return z, np.array([rep.label for rep in reps]), [rep.source for rep in reps]
 
 
 def has_both_views(samples: list[Sample]) -> bool:
