@@ -4,7 +4,7 @@ HTTP service, `fakelens score` and `fakelens inspect`/`explain`.
 Each feature is split the same way the plain /detect path is: a synchronous `plan_*` that
 decodes and cuts views (run in a worker thread by the service), the model call (remote
 batched `score` in the service, `Detector.scores_from_views` locally), then an
-`answer_*` that turns score rows (probability synthetic, then family probabilities) into the
+`answer_*` that turns score rows (probability synthetic, then family logits) into the
 JSON answer. The logic itself lives in models/ (faces, explain, video, provenance,
 core/attribution); the final label always comes from `models.core.verdict.decide`, and
 `family`/`family_score` are attributed on that final label (service/verdict.py).

@@ -241,7 +241,7 @@ Scored = tuple[float, list[float], dict | None]  # (score, family row, detail) o
 
 def _scored(it: Prepared, rows: np.ndarray, cfg, aggregate: str) -> Scored:
     """(score, family row, detail) of one input from the score rows of its views (service/evidence.py:
-    the family of the max face in face mode, of the mean family probabilities for a video)."""
+    the family of the max face in face mode, of the mean family logits for a video)."""
     if it.video is not None:
         summary, family_row = video_summary(*it.video, it.plans, rows, cfg, aggregate, faces=it.faces)
         return summary["score"], family_row, {k: summary[k] for k in ("aggregate", "mean", "max", "share_flagged",

@@ -8,7 +8,7 @@ Two BentoML services in one bento:
 - `DetectorModel` (internal, GPU when present): loads the model once through
   `models.runtime.loader.load_detector`, warms it up, and exposes one adaptive-batching method,
   `score(views: list[array]) -> list[score row]` (the calibrated probability synthetic, then the
-  family probabilities when the model has a family head). BentoML merges concurrent calls into
+  family logits when the model has a family head). BentoML merges concurrent calls into
   one model call; the batch sizes run land in the `fakelens_model_batch_size` histogram.
   Views cross the process hop as uint8 pixels (0.15 MB per 224 view, not 0.6 MB as
   float32) and are normalised in the model process, on its device (models/core/preprocess.py).
@@ -169,7 +169,7 @@ class DetectorModel:
     )
     def score(self, views: list[np.ndarray]) -> list[list[float]]:
         """Each item is one image's views as V x S x S x 3 pixels; returns its score row (calibrated
-        probability synthetic, then the family probabilities)."""
+        probability synthetic, then the family logits)."""
         BATCH_SIZE.observe(len(views))
         with BATCH_SECONDS.time():
             return self.detector.scores_from_views(views).tolist()

@@ -1,6 +1,6 @@
 """Turn one image's decode facts and score row into the JSON the API answers.
 
-A score row is [calibrated probability synthetic, family probabilities...] (models/core/
+A score row is [calibrated probability synthetic, family logits...] (models/core/
 attribution.py); a bare probability is a row without families. The answer carries the verdict
 (`label`, `score`) and, beside it, `family` and `family_score` (models/evidence/families.py:
 attributed on the final label; null for `real`, "unknown" when the open-set rule fires).

@@ -32,7 +32,7 @@ from models.core.checkpoint import CONFIG, WEIGHTS
 from models.core.config import DetectorConfig
 from models.core.dataset import SPLITS, Sample, list_samples
 from models.core.metrics import binary_report, group_reports
-from models.core.preprocess import ImageError, calibrated_probability, decode_image, eval_pixels
+from models.core.preprocess import ImageError, calibrated_probability, decode_image
 from models.core.verdict import label_for
 from models.runtime.detector import Detector
 from models.runtime.loader import load_detector
@@ -115,8 +115,7 @@ def collect_outputs(
                     images.append(result)
                     kept.append(sample)
             if images:
-                pixels = [eval_pixels(img, detector.config.preprocess) for img in images]
-                logits.append(detector.outputs_from_views(pixels))
+                logits.append(detector.outputs(images))
     labels = np.asarray([s.label for s in kept], dtype=np.int64)
     empty = np.zeros((0, detector.config.outputs))
     return (np.concatenate(logits) if logits else empty), labels, kept, errors

@@ -105,7 +105,7 @@ class Detector:
         return self.outputs_from_views(views)[:, 0]
 
     def scores_from_views(self, views: Sequence[np.ndarray]) -> np.ndarray:
-        """Per-image score rows (N x C): calibrated probability synthetic, then family probabilities
+        """Per-image score rows (N x C): calibrated probability synthetic, then the family logits
         (models/core/attribution.py)."""
         return score_rows(self.outputs_from_views(views), self.config)
 
@@ -128,13 +128,17 @@ class Detector:
     def probabilities_from_jpegs(self, blobs: Sequence[bytes]) -> np.ndarray:
         return self.scores_from_jpegs(blobs)[:, 0]
 
+    def outputs(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Raw per-image outputs (N x C) of decoded images, combined over each image's views."""
+        return self.outputs_from_views([eval_pixels(img, self.config.preprocess) for img in images])
+
     def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Raw (uncalibrated) per-image logits, combined over each image's views (the scale policy)."""
-        return self.logits_from_views([eval_pixels(img, self.config.preprocess) for img in images])
+        return self.outputs(images)[:, 0]
 
     def scores(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Score rows (N x C) of decoded images: probability synthetic, then family probabilities."""
-        return self.scores_from_views([eval_pixels(img, self.config.preprocess) for img in images])
+        """Score rows (N x C) of decoded images: probability synthetic, then the family logits."""
+        return score_rows(self.outputs(images), self.config)
 
     def probabilities(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Calibrated probability that each image is synthetic."""

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from models.core.attribution import softmax
 from models.core.preprocess import calibrated_probability
 from models.runtime.backends import SPECS
 
@@ -67,9 +68,7 @@ def probabilities(outputs: np.ndarray, temperature: float, family_temperature: f
     p = calibrated_probability(outputs[:, :1], temperature)
     if outputs.shape[1] == 1:
         return p
-    z = outputs[:, 1:] / family_temperature
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return np.concatenate([p, e / e.sum(axis=1, keepdims=True)], axis=1)
+    return np.concatenate([p, softmax(outputs[:, 1:], family_temperature)], axis=1)
 
 
 def compare(name: str, reference: np.ndarray, candidate: np.ndarray, temperature: float,
