@@ -1,15 +1,16 @@
 """The family head: which generator a synthetic picture resembles, fitted after the verdict head.
 
-    model, cfg = fit_attribution(model, cfg, train, val, tokens, seed=0)
+    model, cfg = fit_attribution(model, cfg, train, val, tokens, views, seed, rule="energy", keep=0.9)
 
 Trained on the fakes whose family is known (training/families.py), on the same block tokens the
 verdict head reads (the frozen feature cache, or the adapted backbone's taps), with one plain loop:
 zero_grad, forward, class-weighted cross-entropy, backward, optimizer.step(). Then, on the val
 split's fakes, combined per picture by the scale policy's rule as the service combines them:
 - a softmax temperature (lowest NLL on a grid), so `family_score` reads as a probability;
-- the open-set threshold: the energy T * logsumexp(z / T) that `keep` (90%) of val's known-family
-  pictures reach. Below it the answer is "unknown", so a generator the head never saw (e.g. the
-  family left out by bench/generalization.py) does not get a confident wrong name. Energy, not the
+- the open-set threshold: the energy T * logsumexp(z / T) that `keep` (TrainConfig.family_keep,
+  0.9) of val's known-family pictures reach. Below it the answer is "unknown", so a generator the
+  head never saw (e.g. the family left out by bench/generalization.py) does not get a confident
+  wrong name. Energy, not the
   top softmax probability: on the leave-one-family-out folds it sent 10-15 points more of the
   left-out family to "unknown" at the same val accuracy (docs/quality.md).
 The val confusion matrix and the unknown rates go to `cfg.metrics["attribution"]`. The verdict
@@ -35,8 +36,6 @@ from training.scale_rule import picture_rows
 
 log = logging.getLogger("fakelens.train")
 
-KEEP_KNOWN = 0.9  # share of val pictures of known families that keep their (top) family name (TrainConfig.family_keep)
-RULE = "energy"  # the default open-set rule (TrainConfig.family_rule)
 TEMPERATURES = tuple(np.round(np.geomspace(0.25, 8.0, 31), 4))
 EPOCHS, BATCH, LR, WEIGHT_DECAY = 40, 256, 2e-3, 1e-2
 
@@ -45,8 +44,8 @@ TokenReader = Callable[[list[Sample], int], np.ndarray]
 
 
 def fit_attribution(model: torch.nn.Module, cfg: DetectorConfig, train: list[Sample], val: list[Sample],
-                    tokens: TokenReader, views: int = 0, seed: int = 0,
-                    rule: str = RULE, keep: float = KEEP_KNOWN) -> tuple[torch.nn.Module, DetectorConfig]:
+                    tokens: TokenReader, views: int, seed: int, rule: str,
+                    keep: float) -> tuple[torch.nn.Module, DetectorConfig]:
     """Attach and fit a family head on `model` (a TapDetector); (model, cfg with attribution).
     Returns them unchanged, with a log line saying why, when the data has fewer than two families."""
     families = trainable_families(train)
@@ -112,7 +111,7 @@ def picture_family_logits(model: torch.nn.Module, samples: list[Sample], tokens:
     return picture_rows(samples, z, cfg.preprocess.native_weight)
 
 
-def calibrate_families(logits: np.ndarray, truth: np.ndarray, rule: str, keep: float = KEEP_KNOWN) -> tuple[float, float]:
+def calibrate_families(logits: np.ndarray, truth: np.ndarray, rule: str, keep: float) -> tuple[float, float]:
     """(softmax temperature with the lowest val NLL, the rule's threshold keeping `keep` of val named)."""
     if len(logits) == 0:
         return 1.0, 0.0 if rule == "max-softmax" else -np.inf
